@@ -1,0 +1,33 @@
+# Two commands do all the setup on a fresh machine (Python 3.11+):
+#   make run    - build into .venv, then run the product (for now: a quote of the spec example)
+#   make test   - build into .venv, then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SOURCES := pyproject.toml setup.py $(wildcard settlement/_fast/*.pyx)
+
+.PHONY: run test bench lint clean
+
+$(STAMP): $(SOURCES)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/settlement quote --rules examples/rulebook.toml --request examples/request-member.json
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+	$(PY) -m pytest bench -q --benchmark-disable
+
+bench: $(STAMP)
+	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,rounds
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check settlement tests bench
+	$(VENV)/bin/mypy settlement
+
+clean:
+	rm -rf $(VENV) build *.egg-info settlement/_fast/*.c settlement/_fast/*.so

@@ -1,0 +1,9 @@
+"""The Cython pricing kernel (same API and results as ``settlement.pricing``).
+
+Importing this package fails with ImportError when the extension is not
+built; ``settlement._impl`` decides what that means.
+"""
+
+from ._kernel import quote
+
+__all__ = ["quote"]

@@ -1,0 +1,77 @@
+"""``settlement`` command line: ``settlement quote --rules R.toml --request Q.json``.
+
+``quote`` is also the merchant's dry run of a new rulebook: it prices a
+request and prints the receipt JSON. Bad input exits 2 with the message
+naming the field on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+def _read_request(path: str) -> object:
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise SystemExit(_fail(f"request: cannot read {path}: {exc.strerror or exc}"))
+    except UnicodeDecodeError:
+        raise SystemExit(_fail(f"request: {path} is not UTF-8 text"))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(_fail(f"request: invalid JSON: {exc}"))
+    except RecursionError:
+        raise SystemExit(_fail("request: invalid JSON: nested too deeply"))
+
+
+def _fail(message: str) -> int:
+    print(f"settlement: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _quote(args: argparse.Namespace) -> int:
+    import settlement
+
+    try:
+        rulebook = settlement.load_rulebook(args.rules)
+    except settlement.RulebookError as exc:
+        return _fail(f"rulebook {args.rules}: {exc}")
+    request = _read_request(args.request)
+    try:
+        receipt = settlement.quote(rulebook, request)
+    except settlement.RequestError as exc:
+        return _fail(str(exc))
+    json.dump(receipt, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _engine(_args: argparse.Namespace) -> int:
+    import settlement
+
+    print(settlement.IMPLEMENTATION)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``settlement`` console script."""
+    parser = argparse.ArgumentParser(prog="settlement", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quote", help="price a request and print the receipt JSON")
+    q.add_argument("--rules", required=True, help="rulebook TOML file")
+    q.add_argument("--request", required=True, help="request JSON file, or - for stdin")
+    q.set_defaults(func=_quote)
+    sub.add_parser("engine", help="print which engine implementation is active").set_defaults(
+        func=_engine)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
