@@ -24,7 +24,7 @@ def _read_request(path: str) -> object:
         raise SystemExit(_fail(f"request: {path} is not UTF-8 text"))
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
         raise SystemExit(_fail(f"request: invalid JSON: {exc}"))
     except RecursionError:
         raise SystemExit(_fail("request: invalid JSON: nested too deeply"))
@@ -41,7 +41,8 @@ def _quote(args: argparse.Namespace) -> int:
     try:
         rulebook = settlement.load_rulebook(args.rules)
     except settlement.RulebookError as exc:
-        return _fail(f"rulebook {args.rules}: {exc}")
+        where = "" if exc.field == str(args.rules) else f" {args.rules}"
+        return _fail(f"rulebook{where}: {exc}")
     request = _read_request(args.request)
     try:
         receipt = settlement.quote(rulebook, request)

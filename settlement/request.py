@@ -54,8 +54,8 @@ class _CountCardIn(StrictModel):
 class _MemberIn(StrictModel):
     id: Code
     tier: Code
-    points_balance: Amount = 0  # type: ignore[valid-type]
-    stored_value_cents: Amount = 0  # type: ignore[valid-type]
+    points_balance: Amount | None = None  # type: ignore[valid-type]
+    stored_value_cents: Amount | None = None  # type: ignore[valid-type]
     coupons: list[_CouponIn] | None = None
     count_cards: list[_CountCardIn] | None = None
 
@@ -190,7 +190,7 @@ def _check(rulebook: Rulebook, src: _RequestIn) -> QuoteRequest:
                       FOREVER if k.valid_until is None else k.valid_until)
             for k in m.count_cards or ())
         _no_duplicates("member.count_cards", [k.id for k in cards], ".id", "count card")
-        member = Member(m.id, m.tier, m.points_balance, m.stored_value_cents, coupons, cards)
+        member = Member(m.id, m.tier, m.points_balance or 0, m.stored_value_cents or 0, coupons, cards)
 
     coupon_ids = tuple(src.coupon_ids or ())
     _no_duplicates("coupon_ids", list(coupon_ids), "", "coupon")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,7 +27,7 @@ COUPON_KINDS = ("threshold", "percent", "voucher")
 MAX_COUPONS_LIMIT = 8
 _CENTS = bounded(0, 10**12)
 _MULT = bounded(0, 100_000)
-_WINDOW = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+_WINDOW = re.compile(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})")
 
 # --------------------------------------------------------------------------
 # The TOML shape (strict pydantic models).
@@ -67,7 +66,8 @@ class _MemberPriceIn(StrictModel):
     unit_price_cents: _CENTS  # type: ignore[valid-type]
 
 
-_Moment = datetime | date | str
+# Validated in _compile (local_instant), so an error names the field, not a union member.
+_Moment = Any
 
 
 class _PromotionIn(StrictModel):
@@ -279,8 +279,10 @@ def rulebook_from_toml(text: str, source: str = "<rulebook>") -> Rulebook:
     """Validate and compile a rulebook given as TOML text."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's digit limit
         raise RulebookError(source, f"invalid TOML: {exc}") from None
+    except RecursionError:
+        raise RulebookError(source, "invalid TOML: nested too deeply") from None
     return rulebook_from_mapping(data, source=source)
 
 
@@ -302,7 +304,7 @@ def _label(data: Any, loc: tuple[Any, ...]) -> str:
         if isinstance(section, list) and loc[1] < len(section):
             entry = section[loc[1]]
             code = entry.get("code", entry.get("sku")) if isinstance(entry, dict) else None
-            if isinstance(code, str):
+            if isinstance(code, str) and code:
                 head = f"{loc[0]}[{loc[1]}] ({code})"
                 rest = dotted(loc[2:]) if len(loc) > 2 else ""
                 out = head + ("." + rest if rest and not rest.startswith("[") else rest)
@@ -322,7 +324,7 @@ def _window(where: str, weekdays: list[int] | None, hours: list[str] | None) -> 
             raise RulebookError(f"{where}.hours", "must not be empty (leave it out for all day)")
         spans = []
         for i, text in enumerate(hours):
-            match = _WINDOW.match(text)
+            match = _WINDOW.fullmatch(text)
             bad = RulebookError(
                 f"{where}.hours[{i}]",
                 f"{text!r} must be 'HH:MM-HH:MM' with start before end, within 00:00-24:00 "
@@ -352,7 +354,7 @@ def _unique(section: str, codes: list[str]) -> None:
 def _compile(src: _RulebookIn, raw: Mapping[str, Any], source: str) -> Rulebook:
     try:
         zone = ZoneInfo(src.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise RulebookError("timezone", f"unknown IANA timezone {src.timezone!r}") from None
 
     _unique("tiers", [t.code for t in src.tiers])

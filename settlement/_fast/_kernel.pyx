@@ -1,3 +1,1307 @@
-# placeholder, replaced below
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Cython pricing kernel: the stages of ``pricing.md`` on C arrays.
+
+Terse on purpose. The readable statement of every stage is
+``settlement/pricing.py``; this module must give identical receipts, and the
+differential tests hold it to that. Shape:
+
+* ``_Rules`` is a rulebook compiled once into C arrays and lookup dicts
+  (cached in ``Rulebook.compiled["fast"]``).
+* ``quote`` parses the request dict straight into C arrays. Any rejection
+  (or an input shape it does not handle, e.g. an ``int`` subclass) goes to
+  the pure path, which raises the canonical ``RequestError`` (or prices the
+  exotic-but-valid input); ``slow_path_count()`` counts those.
+* Money is ``int64``; products that could overflow use ``__int128``.
+"""
+
+from cpython.dict cimport PyDict_Copy, PyDict_Size
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.stdint cimport int64_t, uint8_t
+from libc.string cimport memset
+
+from datetime import datetime, timedelta, timezone
+
+from settlement import pricing as _pure
+from settlement.request import (
+    MAX_AMOUNT, MAX_CARD_SKUS, MAX_COUNT_CARDS, MAX_HELD_COUPONS, MAX_LINES,
+    MAX_PRESENTED_COUPONS, MAX_QUANTITY, MAX_UNIT_PRICE,
+)
+from settlement.timeutil import FOREVER, NEVER_BEFORE, parse_instant
+
+cdef extern from "Python.h":
+    PyObject* PyDict_GetItemWithError(object, object)
+    PyObject* PyErr_Occurred()
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+    bint PyLong_CheckExact(object)
+    bint PyUnicode_CheckExact(object)
+    bint PyList_CheckExact(object)
+    bint PyDict_CheckExact(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+    bint PyUnicode_IS_ASCII(object)
+    void PyErr_Clear()
+    const char* PyUnicode_AsUTF8AndSize_nocheck "PyUnicode_AsUTF8AndSize"(object, Py_ssize_t*)
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+
+cdef extern from *:
+    ctypedef long long i128 "__int128"
+
+cdef inline PyObject* PyDict_GetItem(object d, object key) except? NULL:
+    """Borrowed value or NULL when absent (no error-state juggling, unlike the C API's)."""
+    cdef PyObject* p = PyDict_GetItemWithError(d, key)
+    if p == NULL and PyErr_Occurred() != NULL:
+        raise _Reject()
+    return p
+
+
+DEF MAX_DEPTH = 8
+DEF POOL = 32
+
+cdef int64_t I64_MIN = NEVER_BEFORE
+cdef int64_t I64_MAX = FOREVER
+cdef int64_t SAFE_W = 3037000499  # W*W < 2**63: int64 products in allocation
+
+cdef object _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+cdef Py_ssize_t _slow = 0
+
+REASONS = ("", "UNKNOWN_COUPON", "NOT_YET_VALID", "EXPIRED", "OUTSIDE_HOURS",
+           "TIER_TOO_LOW", "NO_ELIGIBLE_LINES", "THRESHOLD_NOT_MET", "NOT_COMBINABLE")
+cdef enum:
+    R_OK = 0
+    R_UNKNOWN = 1
+    R_NOT_YET = 2
+    R_EXPIRED = 3
+    R_HOURS = 4
+    R_TIER = 5
+    R_NO_LINES = 6
+    R_THRESHOLD = 7
+    R_NOT_COMB = 8
+
+cdef enum:
+    K_THRESHOLD = 0
+    K_PERCENT = 1
+    K_VOUCHER = 2
+
+
+class _Reject(Exception):
+    """Internal: the fast parser declines this request (the pure path decides)."""
+
+
+def slow_path_count():
+    """How many quotes this process sent to the pure path (invalid or exotic input)."""
+    return _slow
+
+
+# ---------------------------------------------------------------- arithmetic
+
+cdef inline int64_t fdiv(int64_t a, int64_t b) nogil:
+    cdef int64_t q = a / b
+    if (a % b != 0) and ((a < 0) != (b < 0)):
+        q -= 1
+    return q
+
+
+cdef inline int64_t rhu(int64_t x, int64_t bp) nogil:
+    return <int64_t>(((<i128>x) * bp + 5000) / 10000)
+
+
+cdef void alloc_lines(int64_t amount, const int* idx, int n, const int64_t* w,
+                      int64_t total, int64_t* parts, int64_t* rem) noexcept nogil:
+    """Largest-remainder split of ``amount`` over lines ``idx`` (ascending) weighted ``w``."""
+    cdef int k, j, best
+    cdef int64_t given = 0, left, r
+    cdef i128 num
+    if total <= 0 or amount <= 0:
+        for k in range(n):
+            parts[idx[k]] = 0
+        return
+    if total <= SAFE_W:
+        for k in range(n):
+            j = idx[k]
+            r = amount * w[j]
+            parts[j] = r / total
+            rem[k] = r % total
+            given += parts[j]
+    else:
+        for k in range(n):
+            j = idx[k]
+            num = (<i128>amount) * w[j]
+            parts[j] = <int64_t>(num / total)
+            rem[k] = <int64_t>(num % total)
+            given += parts[j]
+    left = amount - given
+    if left <= 0:
+        return
+    if left == 1:  # common: one cent to the first largest remainder
+        best = 0
+        for k in range(1, n):
+            if rem[k] > rem[best]:
+                best = k
+        parts[idx[best]] += 1
+        return
+    # The left-th largest remainder t; lines above t get a cent, then lines equal to t
+    # in index order until the cents run out (ties to the lower index).
+    r = kth_largest(rem, n, left)
+    for k in range(n):
+        if rem[k] > r:
+            parts[idx[k]] += 1
+            left -= 1
+    for k in range(n):
+        if left == 0:
+            break
+        if rem[k] == r:
+            parts[idx[k]] += 1
+            left -= 1
+
+
+cdef int64_t kth_largest(const int64_t* a, int n, int k) noexcept nogil:
+    """The k-th largest of ``a[0:n]`` (1 <= k <= n <= 512), by quickselect on a copy."""
+    cdef int64_t buf[512]
+    cdef int64_t* t = buf
+    cdef int lo = 0, hi = n - 1, i, j, want = k - 1
+    cdef int64_t pivot, x
+    for i in range(n):
+        t[i] = a[i]
+    while lo < hi:
+        pivot = t[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while t[i] > pivot:
+                i += 1
+            while t[j] < pivot:
+                j -= 1
+            if i <= j:
+                x = t[i]; t[i] = t[j]; t[j] = x
+                i += 1
+                j -= 1
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            return t[want]
+    return t[want]
+
+
+def allocate(amount, weights):
+    """The allocation rule on Python ints (exposed for tests)."""
+    cdef int n = len(weights), k
+    cdef int64_t total = 0
+    cdef int* idx = <int*>PyMem_Malloc(sizeof(int) * (n + 1))
+    cdef int64_t* w = <int64_t*>PyMem_Malloc(sizeof(int64_t) * (n + 1))
+    cdef int64_t* parts = <int64_t*>PyMem_Malloc(sizeof(int64_t) * (n + 1))
+    cdef int64_t* rem = <int64_t*>PyMem_Malloc(sizeof(int64_t) * (n + 1))
+    try:
+        for k in range(n):
+            idx[k] = k
+            w[k] = weights[k]
+            total += w[k]
+        if not 0 <= amount <= total or (amount and not total):
+            raise ValueError(f"amount {amount} outside 0..{total}")
+        alloc_lines(amount, idx, n, w, total, parts, rem)
+        return [parts[k] for k in range(n)]
+    finally:
+        PyMem_Free(idx); PyMem_Free(w); PyMem_Free(parts); PyMem_Free(rem)
+
+
+# ---------------------------------------------------------------- instants
+
+cdef inline int64_t days_from_civil(int64_t y, int64_t m, int64_t d) nogil:
+    y -= (m <= 2)
+    cdef int64_t era = y / 400  # y >= 0 here (years 1..9999)
+    cdef int64_t yoe = y - era * 400
+    cdef int64_t doy = (153 * (m - 3 if m > 2 else m + 9) + 2) / 5 + d - 1
+    cdef int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef inline int dig2(const char* s, int i) nogil:
+    if s[i] < 48 or s[i] > 57 or s[i + 1] < 48 or s[i + 1] > 57:
+        return -1
+    return (s[i] - 48) * 10 + (s[i + 1] - 48)
+
+
+cdef int64_t parse_iso(object value) except? -1:
+    """``YYYY-MM-DDTHH:MM:SS(Z|±HH:MM)`` in C; any other shape via ``parse_instant``."""
+    cdef Py_ssize_t n
+    cdef const char* s
+    cdef int y1, y2, mo, d, h, mi, se, oh = 0, om = 0, dim
+    cdef int64_t off = 0, year
+    if PyUnicode_CheckExact(value) and PyUnicode_IS_ASCII(value):
+        n = PyUnicode_GET_LENGTH(value)
+        if n == 20 or n == 25:
+            s = PyUnicode_AsUTF8AndSize(value, &n)
+            if (n == 20 or n == 25) and s[4] == 45 and s[7] == 45 and s[10] == 84 \
+                    and s[13] == 58 and s[16] == 58:
+                y1 = dig2(s, 0); y2 = dig2(s, 2); mo = dig2(s, 5); d = dig2(s, 8)
+                h = dig2(s, 11); mi = dig2(s, 14); se = dig2(s, 17)
+                if n == 20:
+                    ok = s[19] == 90
+                else:
+                    oh = dig2(s, 20); om = dig2(s, 23)
+                    ok = (s[19] == 43 or s[19] == 45) and s[22] == 58 and 0 <= oh <= 23 \
+                        and 0 <= om <= 59
+                    off = (<int64_t>oh * 60 + om) * 60_000_000
+                    if s[19] == 45:
+                        off = -off
+                year = y1 * 100 + y2
+                if ok and y1 >= 0 and y2 >= 0 and year >= 1 and 1 <= mo <= 12 and d >= 1 \
+                        and 0 <= h <= 23 and 0 <= mi <= 59 and 0 <= se <= 59:
+                    dim = 31
+                    if mo == 4 or mo == 6 or mo == 9 or mo == 11:
+                        dim = 30
+                    elif mo == 2:
+                        dim = 29 if (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)) \
+                            else 28
+                    if d <= dim:
+                        return ((days_from_civil(year, mo, d) * 86400
+                                 + h * 3600 + mi * 60 + se) * 1_000_000) - off
+    try:
+        return parse_instant(value)
+    except ValueError:
+        raise _Reject() from None
+
+
+def _iso_micros(value):
+    """The C parser with its Python fallback (exposed for tests)."""
+    return parse_iso(value)
+
+
+# ---------------------------------------------------------------- compiled rulebook
+
+cdef class _Rules:
+    """A rulebook compiled for the kernel (built once per rulebook)."""
+    cdef object rb, version, zone, offsets
+    cdef dict tier_index, by_sku, by_cat, tpl_index, stores
+    cdef tuple promo_all, tpl_all, promo_source, tpl_code
+    cdef int ntiers, npromos, ntpls, default_rounding, default_maxc, has_points
+    cdef int64_t earn, rp, rc, max_redeem_bp
+    # tiers
+    cdef int64_t tier_rank[64]
+    cdef int64_t tier_off[64]
+    cdef int64_t tier_mult[64]
+    # per-rule arrays (malloc'ed)
+    cdef int64_t* p_off
+    cdef int64_t* p_mult
+    cdef int64_t* p_from
+    cdef int64_t* p_until
+    cdef uint8_t* p_members
+    cdef int* p_wd  # weekday bit mask, 0xFF: any day
+    cdef int* p_h0  # first span in spans[], -1: all day
+    cdef int* p_hn
+    cdef int* t_kind
+    cdef int64_t* t_thr
+    cdef int64_t* t_offc
+    cdef int64_t* t_offbp
+    cdef int64_t* t_max  # -1: no cap
+    cdef uint8_t* t_stack
+    cdef int64_t* t_rank
+    cdef int* t_limit
+    cdef int* t_wd
+    cdef int* t_h0
+    cdef int* t_hn
+    cdef int* spans
+    cdef int nspans
+
+    def __dealloc__(self):  # pointers start NULL (the object is zeroed on allocation)
+        PyMem_Free(self.p_off)
+        PyMem_Free(self.p_mult)
+        PyMem_Free(self.p_from)
+        PyMem_Free(self.p_until)
+        PyMem_Free(self.p_members)
+        PyMem_Free(self.p_wd)
+        PyMem_Free(self.p_h0)
+        PyMem_Free(self.p_hn)
+        PyMem_Free(self.t_kind)
+        PyMem_Free(self.t_thr)
+        PyMem_Free(self.t_offc)
+        PyMem_Free(self.t_offbp)
+        PyMem_Free(self.t_max)
+        PyMem_Free(self.t_stack)
+        PyMem_Free(self.t_rank)
+        PyMem_Free(self.t_limit)
+        PyMem_Free(self.t_wd)
+        PyMem_Free(self.t_h0)
+        PyMem_Free(self.t_hn)
+        PyMem_Free(self.spans)
+
+
+cdef void* _m(Py_ssize_t n) except NULL:
+    cdef void* p = PyMem_Malloc(n if n > 0 else 1)
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+cdef void _window(_Rules r, object w, int* wd, int* h0, int* hn, int i) except *:
+    wd[i] = 0xFF if w.weekdays is None else sum([1 << d for d in w.weekdays])
+    if w.hours is None:
+        h0[i] = -1
+        hn[i] = 0
+        return
+    h0[i] = r.nspans
+    hn[i] = len(w.hours)
+    for a, b in w.hours:
+        r.spans[2 * r.nspans] = a
+        r.spans[2 * r.nspans + 1] = b
+        r.nspans += 1
+
+
+def _compile(object rb):
+    cdef _Rules r = _Rules()
+    cdef int i, k
+    r.rb = rb
+    r.version = rb.version
+    r.zone = rb.zone
+    r.offsets = {}
+    tiers = sorted(rb.tiers.values(), key=lambda t: t.rank)
+    if len(tiers) > 64:
+        raise ValueError("the fast kernel supports at most 64 tiers")
+    r.ntiers = len(tiers)
+    r.tier_index = {}
+    for i, t in enumerate(tiers):
+        r.tier_index[t.code] = i
+        r.tier_rank[i] = t.rank
+        r.tier_off[i] = t.off_bp
+        r.tier_mult[i] = t.points_multiplier_bp
+    r.stores = {code: (("none", "floor_jiao", "floor_yuan").index(s.rounding),
+                       s.max_coupons_per_order) for code, s in rb.stores.items()}
+    r.default_rounding = ("none", "floor_jiao", "floor_yuan").index(rb.store_defaults.rounding)
+    r.default_maxc = rb.store_defaults.max_coupons_per_order
+    r.has_points = rb.points is not None
+    if rb.points is not None:
+        r.earn = rb.points.earn_per_yuan
+        r.rp = rb.points.redeem_points
+        r.rc = rb.points.redeem_cents
+        r.max_redeem_bp = rb.points.max_redeem_bp
+
+    promos = list(rb.promotions)  # sorted by code: index order is the tie order
+    tpls = list(rb.coupon_templates.values())
+    r.npromos = len(promos)
+    r.ntpls = len(tpls)
+    nsp = sum([len(x.window.hours or ()) for x in promos + tpls])
+    r.spans = <int*>_m(sizeof(int) * 2 * nsp)
+    r.nspans = 0
+
+    r.p_off = <int64_t*>_m(sizeof(int64_t) * r.npromos)
+    r.p_mult = <int64_t*>_m(sizeof(int64_t) * r.npromos)
+    r.p_from = <int64_t*>_m(sizeof(int64_t) * r.npromos)
+    r.p_until = <int64_t*>_m(sizeof(int64_t) * r.npromos)
+    r.p_members = <uint8_t*>_m(r.npromos)
+    r.p_wd = <int*>_m(sizeof(int) * r.npromos)
+    r.p_h0 = <int*>_m(sizeof(int) * r.npromos)
+    r.p_hn = <int*>_m(sizeof(int) * r.npromos)
+    by_sku = {}
+    by_cat = {}
+    promo_all = []
+    for i, p in enumerate(promos):
+        r.p_off[i] = -1 if p.off_bp is None else p.off_bp
+        r.p_mult[i] = -1 if p.points_multiplier_bp is None else p.points_multiplier_bp
+        r.p_from[i] = p.valid_from
+        r.p_until[i] = p.valid_until
+        r.p_members[i] = p.members_only
+        _window(r, p.window, r.p_wd, r.p_h0, r.p_hn, i)
+        if not p.skus and not p.categories:
+            promo_all.append(i)
+        for s in p.skus:
+            by_sku.setdefault(s, ([], [], []))[0].append(i)
+        for c in p.categories:
+            by_cat.setdefault(c, ([], [], []))[0].append(i)
+    r.promo_all = tuple(promo_all)
+    r.promo_source = tuple("promotion:" + p.code for p in promos)
+
+    r.t_kind = <int*>_m(sizeof(int) * r.ntpls)
+    r.t_thr = <int64_t*>_m(sizeof(int64_t) * r.ntpls)
+    r.t_offc = <int64_t*>_m(sizeof(int64_t) * r.ntpls)
+    r.t_offbp = <int64_t*>_m(sizeof(int64_t) * r.ntpls)
+    r.t_max = <int64_t*>_m(sizeof(int64_t) * r.ntpls)
+    r.t_stack = <uint8_t*>_m(r.ntpls)
+    r.t_rank = <int64_t*>_m(sizeof(int64_t) * r.ntpls)
+    r.t_limit = <int*>_m(sizeof(int) * r.ntpls)
+    r.t_wd = <int*>_m(sizeof(int) * r.ntpls)
+    r.t_h0 = <int*>_m(sizeof(int) * r.ntpls)
+    r.t_hn = <int*>_m(sizeof(int) * r.ntpls)
+    r.tpl_index = {}
+    tpl_all = []
+    for i, t in enumerate(tpls):
+        r.tpl_index[t.code] = i
+        r.t_kind[i] = ("threshold", "percent", "voucher").index(t.kind)
+        r.t_thr[i] = t.threshold_cents
+        r.t_offc[i] = t.off_cents
+        r.t_offbp[i] = t.off_bp
+        r.t_max[i] = -1 if t.max_off_cents is None else t.max_off_cents
+        r.t_stack[i] = t.stackable
+        r.t_rank[i] = t.min_rank
+        r.t_limit[i] = t.per_order_limit
+        _window(r, t.window, r.t_wd, r.t_h0, r.t_hn, i)
+        if not t.skus and not t.categories:
+            tpl_all.append(i)
+        for s in t.skus:
+            by_sku.setdefault(s, ([], [], []))[1].append(i)
+        for c in t.categories:
+            by_cat.setdefault(c, ([], [], []))[1].append(i)
+    r.tpl_all = tuple(tpl_all)
+    r.tpl_code = tuple(t.code for t in tpls)
+
+    # sku -> (promotions, templates, member prices ((min_rank, unit), ...))
+    for sku, prices in rb.member_prices.items():
+        by_sku.setdefault(sku, ([], [], []))[2].extend(
+            (mp.min_rank, mp.unit_price_cents) for mp in prices)
+    r.by_sku = {key: (tuple(a), tuple(b), tuple(c)) for key, (a, b, c) in by_sku.items()}
+    # category -> (promotions, templates, discountable, earns, tier_off_bp per tier index or -1)
+    cats = {}
+    for code in set(by_cat) | set(rb.categories):
+        a, b, _ = by_cat.get(code, ([], [], []))
+        cat = rb.categories.get(code)
+        if cat is None:
+            cats[code] = (tuple(a), tuple(b), True, True, None)
+        else:
+            offs = tuple(cat.tier_off_bp.get(t.code, -1) for t in tiers)
+            cats[code] = (tuple(a), tuple(b), cat.discountable, cat.earns_points, offs)
+    r.by_cat = cats
+    return r
+
+
+cdef inline bint admits(_Rules r, int wd_mask, int h0, int hn, int weekday, int minute):
+    cdef int k
+    if not (wd_mask >> weekday) & 1:
+        return False
+    if h0 < 0:
+        return True
+    for k in range(h0, h0 + hn):
+        if r.spans[2 * k] <= minute < r.spans[2 * k + 1]:
+            return True
+    return False
+
+
+cdef _Rules rules_of(object rb):
+    compiled = rb.compiled.get("fast")
+    if compiled is None:
+        compiled = _compile(rb)
+        rb.compiled["fast"] = compiled
+    return <_Rules>compiled
+
+
+# ---------------------------------------------------------------- request parsing
+
+cdef inline int64_t want_int(object v, int64_t lo, int64_t hi) except? -1:
+    cdef int overflow = 0
+    cdef long long x
+    if not PyLong_CheckExact(v):
+        raise _Reject()
+    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow or x < lo or x > hi:
+        raise _Reject()
+    return x
+
+
+cdef inline object want_code(object v):
+    cdef Py_ssize_t n
+    if not PyUnicode_CheckExact(v):
+        raise _Reject()
+    n = PyUnicode_GET_LENGTH(v)
+    if n < 1 or n > 128:
+        raise _Reject()
+    if not PyUnicode_IS_ASCII(v) and PyUnicode_AsUTF8AndSize_nocheck(v, &n) == NULL:
+        PyErr_Clear()  # a lone surrogate: not valid Unicode text
+        raise _Reject()
+    return v
+
+
+cdef inline object get(dict d, object key):
+    """The value at ``key``; None when absent (null and absent are the same)."""
+    cdef PyObject* p = PyDict_GetItem(d, key)
+    if p == NULL:
+        return None
+    return <object>p
+
+
+cdef inline dict want_dict(object v):
+    if not PyDict_CheckExact(v):
+        raise _Reject()
+    return <dict>v
+
+
+cdef inline list want_list(object v, Py_ssize_t lo, Py_ssize_t hi):
+    if not PyList_CheckExact(v):
+        raise _Reject()
+    cdef Py_ssize_t n = PyList_GET_SIZE(v)
+    if n < lo or n > hi:
+        raise _Reject()
+    return <list>v
+
+
+cdef inline void closed(dict d, Py_ssize_t seen) except *:
+    """Reject unknown fields: every key must have been one we looked up."""
+    if PyDict_Size(d) != seen:
+        raise _Reject()
+
+
+cdef Py_ssize_t present(dict d, tuple keys):
+    cdef Py_ssize_t n = 0
+    for k in keys:
+        if PyDict_GetItem(d, k) != NULL:
+            n += 1
+    return n
+
+
+cdef dict _LINE = {
+    "gross_cents": 0, "count_card_cents": 0, "item_discount_cents": 0,
+    "item_discount_source": "", "coupon_discount_cents": 0, "points_offset_cents": 0,
+    "rounding_cents": 0, "net_cents": 0,
+}
+
+_REQ_KEYS = ("at", "store", "member", "lines", "coupon_ids", "auto_coupons",
+             "redeem_points", "pay_stored_value_cents")
+_LINE_KEYS = ("sku", "category", "unit_price_cents", "quantity", "count_card_id")
+_MEMBER_KEYS = ("id", "tier", "points_balance", "stored_value_cents", "coupons", "count_cards")
+_COUPON_KEYS = ("id", "template", "valid_from", "valid_until")
+_CARD_KEYS = ("id", "skus", "uses", "valid_until")
+
+
+cdef int local_time(_Rules r, int64_t at, int* weekday, int* minute) except -1:
+    """Local weekday and minute of ``at``; the UTC offset is cached per 15-minute bucket."""
+    cdef int64_t bucket = fdiv(at, 900_000_000), off, local, days
+    cached = r.offsets.get(bucket)
+    if cached is None:
+        try:
+            a = (_EPOCH + timedelta(microseconds=bucket * 900_000_000)).astimezone(r.zone)
+            b = (_EPOCH + timedelta(microseconds=bucket * 900_000_000 + 899_999_999)) \
+                .astimezone(r.zone)
+            x = (_EPOCH + timedelta(microseconds=at)).astimezone(r.zone)
+        except (OverflowError, ValueError, OSError):
+            raise _Reject() from None
+        off_x = x.utcoffset()
+        off = (off_x.days * 86400 + off_x.seconds) * 1_000_000 + off_x.microseconds
+        if a.utcoffset() == b.utcoffset() == off_x:
+            if len(r.offsets) > 4096:
+                r.offsets.clear()
+            r.offsets[bucket] = off
+    else:
+        off = cached
+    local = at + off
+    days = fdiv(local, 86_400_000_000)
+    weekday[0] = <int>((days + 3) % 7 + 7) % 7 + 1
+    minute[0] = <int>((local - days * 86_400_000_000) / 60_000_000)
+    return 0
+
+
+cdef inline int promo_best(_Rules r, tuple group, uint8_t* active, int64_t g, int64_t* best,
+                           int j):
+    """Best active item promotion of ``group`` (lowest index on a tie); ``j``: best so far."""
+    cdef Py_ssize_t n = PyTuple_GET_SIZE(group), x
+    cdef int k
+    cdef int64_t a
+    for x in range(n):
+        k = <object>PyTuple_GET_ITEM(group, x)
+        if not active[k] or r.p_off[k] < 0:
+            continue
+        a = rhu(g, r.p_off[k])
+        if a > best[0] or (a == best[0] and j >= 0 and k < j and a > 0):
+            best[0] = a
+            j = k
+    return j
+
+
+# ---------------------------------------------------------------- the search
+
+cdef struct Search:
+    int n, k, L
+    int64_t* cur        # line amounts, updated in place
+    int* kind
+    int64_t* thr
+    int64_t* offc
+    int64_t* offbp
+    int64_t* maxoff
+    uint8_t* stack
+    int* tpl
+    int* limit
+    int64_t* expiry
+    int* idrank
+    int64_t* alone
+    int* eoff            # eligible lines of candidate c: eidx[eoff[c] : eoff[c] + en[c]]
+    int* en
+    int* eidx
+    int64_t* parts      # [depth * L + line]
+    int64_t* rem
+    int* tcount
+    int64_t topsum[POOL + 1][MAX_DEPTH + 1]
+    int chosen[MAX_DEPTH]
+    int best[MAX_DEPTH]
+    int best_n
+    int64_t best_total
+
+
+cdef inline int64_t coupon_take(Search* s, int c, int64_t w, bint ignore_thr) nogil:
+    cdef int64_t a
+    if s.kind[c] == K_THRESHOLD:
+        if w < s.thr[c] and not ignore_thr:
+            return 0
+        return s.offc[c] if s.offc[c] < w else w
+    if s.kind[c] == K_PERCENT:
+        a = rhu(w, s.offbp[c])
+        if s.maxoff[c] >= 0 and a > s.maxoff[c]:
+            a = s.maxoff[c]
+        return a
+    return s.offc[c] if s.offc[c] < w else w
+
+
+cdef int64_t apply_one(Search* s, int c, int depth) nogil:
+    """Apply candidate ``c`` to ``cur``, parts kept at ``depth``; 0 (nothing changed) if it takes nothing."""
+    cdef int k, j
+    cdef int64_t w = 0, amount
+    cdef int* idx = s.eidx + s.eoff[c]
+    cdef int64_t* parts = s.parts + depth * s.L
+    for k in range(s.en[c]):
+        w += s.cur[idx[k]]
+    amount = coupon_take(s, c, w, False)
+    if amount <= 0:
+        return 0
+    alloc_lines(amount, idx, s.en[c], s.cur, w, parts, s.rem)
+    for k in range(s.en[c]):
+        j = idx[k]
+        s.cur[j] -= parts[j]
+    return amount
+
+
+cdef inline void undo_one(Search* s, int c, int depth) noexcept nogil:
+    cdef int k, j
+    cdef int* idx = s.eidx + s.eoff[c]
+    cdef int64_t* parts = s.parts + depth * s.L
+    for k in range(s.en[c]):
+        j = idx[k]
+        s.cur[j] += parts[j]
+
+
+cdef inline void sort_small(int64_t* a, int n) noexcept nogil:
+    cdef int i, j
+    cdef int64_t x
+    for i in range(1, n):
+        x = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > x:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = x
+
+
+cdef bint better(Search* s, int depth, int64_t total) nogil:
+    """The contract's order: larger total, fewer coupons, earlier expiries, smaller ids."""
+    cdef int64_t a[MAX_DEPTH]
+    cdef int64_t b[MAX_DEPTH]
+    cdef int i
+    if total != s.best_total:
+        return total > s.best_total
+    if depth != s.best_n:
+        return depth < s.best_n
+    for i in range(depth):
+        a[i] = s.expiry[s.chosen[i]]
+        b[i] = s.expiry[s.best[i]]
+    sort_small(a, depth)
+    sort_small(b, depth)
+    for i in range(depth):
+        if a[i] != b[i]:
+            return a[i] < b[i]
+    for i in range(depth):
+        a[i] = s.idrank[s.chosen[i]]
+        b[i] = s.idrank[s.best[i]]
+    sort_small(a, depth)
+    sort_small(b, depth)
+    for i in range(depth):
+        if a[i] != b[i]:
+            return a[i] < b[i]
+    return False
+
+
+cdef void visit(Search* s, int start, int depth, int64_t total) noexcept nogil:
+    cdef int j, slots, i
+    cdef int64_t amount
+    if depth > 0 and better(s, depth, total):
+        s.best_n = depth
+        s.best_total = total
+        for i in range(depth):
+            s.best[i] = s.chosen[i]
+    slots = s.k - depth
+    if slots <= 0 or (depth > 0 and not s.stack[s.chosen[0]]):
+        return
+    if total + s.topsum[start][slots] < s.best_total:
+        return
+    for j in range(start, s.n):
+        if depth > 0 and not s.stack[j]:
+            continue
+        if s.tcount[s.tpl[j]] >= s.limit[j]:
+            continue
+        if total + s.alone[j] + s.topsum[j + 1][slots - 1] < s.best_total:
+            continue
+        amount = apply_one(s, j, depth)
+        if amount == 0:
+            continue  # every superset applies j at this same point: all invalid
+        s.chosen[depth] = j
+        s.tcount[s.tpl[j]] += 1
+        visit(s, j + 1, depth + 1, total + amount)
+        s.tcount[s.tpl[j]] -= 1
+        undo_one(s, j, depth)
+
+
+# ---------------------------------------------------------------- quote
+
 def quote(rulebook, request):
-    raise NotImplementedError
+    """Price ``request`` under ``rulebook``: same contract and results as ``settlement.pricing.quote``."""
+    global _slow
+    cdef _Rules r = rules_of(rulebook)
+    try:
+        return _quote(r, request)
+    except _Reject:
+        _slow += 1
+        return _pure.quote(rulebook, request)
+
+
+cdef object _quote(_Rules r, object request):
+    cdef dict req = want_dict(request)
+    cdef Py_ssize_t seen = present(req, _REQ_KEYS)
+    closed(req, seen)
+    at_obj = get(req, "at")
+    if at_obj is None:
+        raise _Reject()
+    cdef int64_t at = parse_iso(at_obj)
+    store = want_code(get(req, "store"))
+    lines_obj = get(req, "lines")
+    if lines_obj is None:
+        raise _Reject()
+    cdef list lines = want_list(lines_obj, 1, MAX_LINES)
+    cdef int L = <int>PyList_GET_SIZE(lines)
+
+    # One block for every per-line array of this quote.
+    cdef Py_ssize_t words = 14 * L + 16
+    cdef int64_t* mem = <int64_t*>PyMem_Malloc(sizeof(int64_t) * words)
+    if mem == NULL:
+        raise MemoryError()
+    try:
+        return _price(r, req, at, store, lines, L, mem)
+    finally:
+        PyMem_Free(mem)
+
+
+cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int L,
+                   int64_t* mem):
+    cdef int64_t* gross = mem
+    cdef int64_t* cur = mem + L
+    cdef int64_t* cardc = mem + 2 * L
+    cdef int64_t* item = mem + 3 * L
+    cdef int64_t* coup = mem + 4 * L
+    cdef int64_t* offs = mem + 5 * L
+    cdef int64_t* rnd = mem + 6 * L
+    cdef int64_t* qty = mem + 7 * L
+    cdef int64_t* rem = mem + 8 * L
+    cdef int* idx = <int*>(mem + 9 * L)      # 2 ints per word: L ints
+    cdef uint8_t* disc = <uint8_t*>(mem + 10 * L)
+    cdef uint8_t* earns = <uint8_t*>(mem + 11 * L)
+    cdef int i, j, k, weekday = 0, minute = 0, tier = -1, rounding, maxc
+    cdef int64_t rank = -1, pb = 0, svb = 0, redeem = 0, paysv = 0, up, q, g, best, a
+    cdef int64_t total, base, cap, possible, blocks, dropped, payable, stored, earned, mult
+    cdef int64_t pmult, off
+    cdef bint has_member, auto
+    cdef dict line, d, m = None
+    cdef PyObject *p, *p2, *p3, *p4, *p5, *pc, *ps
+    cdef PyObject** catp = <PyObject**>(mem + 12 * L)
+    cdef PyObject** skup = <PyObject**>(mem + 13 * L)
+    cdef list item_src = [""] * L
+    cdef list sku_of = [None] * L
+    cdef list cat_of = [None] * L
+    cdef list card_of = [None] * L
+
+    # -- request head
+    member_obj = get(req, "member")
+    has_member = member_obj is not None
+    coupon_ids = get(req, "coupon_ids")
+    cdef list presented = None
+    if coupon_ids is not None:
+        presented = want_list(coupon_ids, 0, MAX_PRESENTED_COUPONS)
+        for x in presented:
+            want_code(x)
+        if len(set(presented)) != len(presented):
+            raise _Reject()
+    auto_obj = get(req, "auto_coupons")
+    auto = False
+    if auto_obj is not None:
+        if auto_obj is True:
+            auto = True
+        elif auto_obj is not False:
+            raise _Reject()
+    if auto and presented:
+        raise _Reject()
+    if get(req, "redeem_points") is not None:
+        redeem = want_int(get(req, "redeem_points"), 0, MAX_AMOUNT)
+    if get(req, "pay_stored_value_cents") is not None:
+        paysv = want_int(get(req, "pay_stored_value_cents"), 0, MAX_AMOUNT)
+
+    # -- member
+    cdef list held_ids = [], held_tpl = [], cards = []
+    cdef dict held_index = {}, card_index = {}
+    cdef list held_from = [], held_until = []
+    if has_member:
+        m = want_dict(member_obj)
+        closed(m, present(m, _MEMBER_KEYS))
+        want_code(get(m, "id"))
+        tier_obj = want_code(get(m, "tier"))
+        if get(m, "points_balance") is not None:
+            pb = want_int(get(m, "points_balance"), 0, MAX_AMOUNT)
+        if get(m, "stored_value_cents") is not None:
+            svb = want_int(get(m, "stored_value_cents"), 0, MAX_AMOUNT)
+        if get(m, "coupons") is not None:
+            for c in want_list(get(m, "coupons"), 0, MAX_HELD_COUPONS):
+                cd = want_dict(c)
+                p = PyDict_GetItem(cd, "id")
+                p2 = PyDict_GetItem(cd, "template")
+                p3 = PyDict_GetItem(cd, "valid_from")
+                p4 = PyDict_GetItem(cd, "valid_until")
+                if p == NULL or p2 == NULL or \
+                        PyDict_Size(cd) != 2 + (p3 != NULL) + (p4 != NULL):
+                    raise _Reject()
+                cid = want_code(<object>p)
+                held_tpl.append(want_code(<object>p2))
+                held_from.append(I64_MIN if p3 == NULL or <object>p3 is None
+                                 else parse_iso(<object>p3))
+                held_until.append(I64_MAX if p4 == NULL or <object>p4 is None
+                                  else parse_iso(<object>p4))
+                if PyDict_GetItem(held_index, cid) != NULL:
+                    raise _Reject()
+                held_index[cid] = len(held_ids)
+                held_ids.append(cid)
+        if get(m, "count_cards") is not None:
+            for c in want_list(get(m, "count_cards"), 0, MAX_COUNT_CARDS):
+                cd = want_dict(c)
+                closed(cd, present(cd, _CARD_KEYS))
+                kid = want_code(get(cd, "id"))
+                skus = want_list(get(cd, "skus"), 0, MAX_CARD_SKUS)
+                for x in skus:
+                    want_code(x)
+                uses = want_int(get(cd, "uses"), 0, MAX_AMOUNT)
+                v = get(cd, "valid_until")
+                if kid in card_index:
+                    raise _Reject()
+                card_index[kid] = [frozenset(skus), uses, I64_MAX if v is None else parse_iso(v)]
+        p = PyDict_GetItem(r.tier_index, tier_obj)
+        if p == NULL:
+            raise _Reject()
+        tier = <object>p
+        rank = r.tier_rank[tier]
+
+    local_time(r, at, &weekday, &minute)
+
+    # -- lines, stage 0 (count cards) and stage 1 (item discount)
+    cdef uint8_t* active = <uint8_t*>PyMem_Malloc(r.npromos + 1)
+    if active == NULL:
+        raise MemoryError()
+    try:
+        pmult = -1
+        for k in range(r.npromos):
+            active[k] = (not r.p_members[k] or has_member) and r.p_from[k] <= at < r.p_until[k] \
+                and admits(r, r.p_wd[k], r.p_h0[k], r.p_hn[k], weekday, minute)
+            if active[k] and r.p_mult[k] >= 0 and r.p_mult[k] > pmult:
+                pmult = r.p_mult[k]
+        for i in range(L):
+            line = want_dict(<object>PyList_GET_ITEM(lines, i))
+            p = PyDict_GetItem(line, "sku")
+            p2 = PyDict_GetItem(line, "category")
+            p3 = PyDict_GetItem(line, "unit_price_cents")
+            p4 = PyDict_GetItem(line, "quantity")
+            p5 = PyDict_GetItem(line, "count_card_id")
+            if p == NULL or p2 == NULL or p3 == NULL or p4 == NULL:
+                raise _Reject()
+            if PyDict_Size(line) != 4 + (p5 != NULL):
+                raise _Reject()
+            sku = want_code(<object>p)
+            cat = want_code(<object>p2)
+            up = want_int(<object>p3, 0, MAX_UNIT_PRICE)
+            q = want_int(<object>p4, 1, MAX_QUANTITY)
+            sku_of[i] = sku
+            cat_of[i] = cat
+            g = up * q
+            gross[i] = g
+            qty[i] = q
+            cardc[i] = item[i] = coup[i] = offs[i] = rnd[i] = 0
+            pc = PyDict_GetItem(r.by_cat, cat)
+            ps = PyDict_GetItem(r.by_sku, sku)
+            catp[i] = pc
+            skup[i] = ps
+            earns[i] = pc == NULL or (<tuple>pc)[3]
+            if p5 != NULL and <object>p5 is not None:
+                card_of[i] = want_code(<object>p5)
+                cardc[i] = g
+                cur[i] = 0
+                disc[i] = 0
+                continue
+            cur[i] = g
+            disc[i] = pc == NULL or (<tuple>pc)[2]
+            if not disc[i]:
+                continue
+            best = 0
+            src = ""
+            if tier >= 0:
+                if ps != NULL and PyTuple_GET_SIZE((<tuple>ps)[2]):
+                    a = -1
+                    for mr, mp in (<tuple>ps)[2]:
+                        if mr <= rank and (a < 0 or mp < a):
+                            a = mp
+                    if a >= 0:
+                        a = g - a * q
+                        if a > best:
+                            best = a
+                            src = "member_price"
+                off = r.tier_off[tier]
+                if pc != NULL and (<tuple>pc)[4] is not None:
+                    a = (<tuple>pc)[4][tier]
+                    if a >= 0:
+                        off = a
+                a = rhu(g, off)
+                if a > best:
+                    best = a
+                    src = "tier"
+            j = promo_best(r, r.promo_all, active, g, &best, -1)
+            if ps != NULL:
+                j = promo_best(r, <tuple>(<tuple>ps)[0], active, g, &best, j)
+            if pc != NULL:
+                j = promo_best(r, <tuple>(<tuple>pc)[0], active, g, &best, j)
+            if j >= 0:
+                src = r.promo_source[j]
+            item[i] = best
+            item_src[i] = src
+            cur[i] = g - best
+    finally:
+        PyMem_Free(active)
+
+    # -- count card checks (same order of checks as the pure parser)
+    cdef dict uses_by_card = {}
+    for i in range(L):
+        kid = card_of[i]
+        if kid is None:
+            continue
+        info = card_index.get(kid)
+        if info is None or at >= <int64_t>info[2] or sku_of[i] not in info[0]:
+            raise _Reject()
+        n_used = uses_by_card.get(kid, 0) + qty[i]
+        if n_used > info[1]:
+            raise _Reject()
+        uses_by_card[kid] = n_used
+
+    # -- stage 2: coupons
+    maxc = r.default_maxc
+    rounding = r.default_rounding
+    st = r.stores.get(store)
+    if st is not None:
+        rounding, maxc = st
+    applied = []
+    rejected = []
+    if has_member and (auto or presented):
+        _coupons(r, L, at, weekday, minute, rank, maxc, auto, presented, held_ids, held_tpl,
+                 held_from, held_until, held_index, skup, catp, disc, cur, coup, rem, idx,
+                 applied, rejected)
+    elif presented:
+        rejected = [{"id": x, "reason": "UNKNOWN_COUPON"} for x in presented]
+
+    # -- stage 3: points offset
+    cdef int64_t redeemed = 0, redeemable = 0
+    if has_member and r.has_points:
+        base = 0
+        k = 0
+        for i in range(L):
+            if disc[i]:
+                base += cur[i]
+                if cur[i] > 0:
+                    idx[k] = i
+                    k += 1
+        cap = <int64_t>((<i128>base) * r.max_redeem_bp / 10000)
+        possible = pb / r.rp
+        if cap / r.rc < possible:
+            possible = cap / r.rc
+        blocks = redeem / r.rp
+        if possible < blocks:
+            blocks = possible
+        redeemable = possible * r.rp
+        redeemed = blocks * r.rp
+        if blocks > 0:
+            alloc_lines(blocks * r.rc, idx, k, cur, base, offs, rem)
+            for j in range(k):
+                cur[idx[j]] -= offs[idx[j]]
+
+    # -- stage 4: rounding
+    total = 0
+    k = 0
+    for i in range(L):
+        total += cur[i]
+        if cur[i] > 0:
+            idx[k] = i
+            k += 1
+    dropped = 0 if rounding == 0 else (total % 10 if rounding == 1 else total % 100)
+    if dropped > 0:
+        alloc_lines(dropped, idx, k, cur, total, rnd, rem)
+        for j in range(k):
+            cur[idx[j]] -= rnd[idx[j]]
+
+    # -- stage 5: tender
+    payable = total - dropped
+    stored = 0
+    if has_member:
+        stored = paysv
+        if svb < stored:
+            stored = svb
+        if payable < stored:
+            stored = payable
+
+    # -- stage 6: points earned
+    earned = 0
+    if has_member and r.has_points:
+        base = 0
+        for i in range(L):
+            if earns[i]:
+                base += cur[i]
+        mult = r.tier_mult[tier] * (pmult if pmult >= 0 else 10000) / 10000
+        earned = <int64_t>((<i128>base) * r.earn * mult / 1000000)
+
+    # -- receipt
+    out_lines = []
+    cdef int64_t s_gross = 0, s_card = 0, s_item = 0, s_coup = 0, s_offs = 0, s_rnd = 0
+    for i in range(L):
+        s_gross += gross[i]; s_card += cardc[i]; s_item += item[i]
+        s_coup += coup[i]; s_offs += offs[i]; s_rnd += rnd[i]
+        d = PyDict_Copy(_LINE)  # same key order; replacing values beats inserting keys
+        d["gross_cents"] = gross[i]
+        if cardc[i]:
+            d["count_card_cents"] = cardc[i]
+        if item[i]:
+            d["item_discount_cents"] = item[i]
+            d["item_discount_source"] = item_src[i]
+        if coup[i]:
+            d["coupon_discount_cents"] = coup[i]
+        if offs[i]:
+            d["points_offset_cents"] = offs[i]
+        if rnd[i]:
+            d["rounding_cents"] = rnd[i]
+        d["net_cents"] = cur[i]
+        out_lines.append(d)
+    return {
+        "lines": out_lines,
+        "gross_cents": s_gross,
+        "count_card_cents": s_card,
+        "item_discount_cents": s_item,
+        "coupon_discount_cents": s_coup,
+        "points_offset_cents": s_offs,
+        "rounding_cents": s_rnd,
+        "payable_cents": payable,
+        "stored_value_cents": stored,
+        "due_cents": payable - stored,
+        "points_redeemed": redeemed,
+        "points_redeemable_max": redeemable,
+        "points_earned": earned,
+        "applied_coupons": applied,
+        "rejected_coupons": rejected,
+        "count_cards_used": [{"id": kid, "uses": uses_by_card[kid]}
+                             for kid in sorted(uses_by_card)],
+        "rulebook_version": r.version,
+    }
+
+
+cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t rank, int maxc,
+                  bint auto, list presented, list held_ids, list held_tpl, list held_from,
+                  list held_until, dict held_index, PyObject** skup, PyObject** catp,
+                  uint8_t* disc, int64_t* cur, int64_t* coup, int64_t* rem, int* idx, list applied,
+                  list rejected) except -1:
+    cdef int nc, i, j, k, c, t, q, nt = 0, npool = 0, depth
+    cdef int64_t w, a
+    cdef PyObject* p
+    cdef list order
+    if auto:
+        order = [h for _, _, h in sorted(zip(held_until, held_ids, range(len(held_ids))))]
+        order = [held_ids[h] for h in order]
+    else:
+        order = presented
+    nc = len(order)
+    cdef int* reasons = <int*>PyMem_Malloc(sizeof(int) * (2 * nc + 1))
+    if reasons == NULL:
+        raise MemoryError()
+    cdef int* cand_tpl = reasons + nc
+    for i in range(nc):
+        reasons[i] = 0
+        cand_tpl[i] = -1
+    # Templates in play get a local slot (loc[t]); their eligible lines are computed once.
+    cdef int* loc = <int*>PyMem_Malloc(sizeof(int) * (r.ntpls + 1))
+    if loc == NULL:
+        PyMem_Free(reasons)
+        raise MemoryError()
+    for t in range(r.ntpls):
+        loc[t] = -1
+    for i in range(nc):
+        p = PyDict_GetItem(held_index, order[i])
+        if p == NULL:
+            reasons[i] = R_UNKNOWN
+            continue
+        h = <object>p
+        p = PyDict_GetItem(r.tpl_index, held_tpl[h])
+        if p == NULL:
+            reasons[i] = R_UNKNOWN
+            continue
+        t = <object>p
+        if at < <int64_t>held_from[h]:
+            reasons[i] = R_NOT_YET
+        elif at >= <int64_t>held_until[h]:
+            reasons[i] = R_EXPIRED
+        elif not admits(r, r.t_wd[t], r.t_h0[t], r.t_hn[t], weekday, minute):
+            reasons[i] = R_HOURS
+        elif r.t_rank[t] > rank:
+            reasons[i] = R_TIER
+        else:
+            cand_tpl[i] = t
+            if loc[t] < 0:
+                loc[t] = nt
+                nt += 1
+    cdef Py_ssize_t words = nt * (L + 2) + 8
+    cdef int* mat = <int*>PyMem_Malloc(sizeof(int) * words)  # eligible lines per local template
+    cdef int* cnt = mat + nt * L
+    cdef int64_t* tw = <int64_t*>PyMem_Malloc(sizeof(int64_t) * (nt + 1))
+    cdef Search* s = <Search*>PyMem_Malloc(sizeof(Search))
+    cdef Py_ssize_t sw = (POOL * 8) + POOL * L + (maxc + 1) * L + L + POOL + 8
+    cdef int64_t* sbuf = <int64_t*>PyMem_Malloc(sizeof(int64_t) * sw)
+    cdef int* ibuf = <int*>PyMem_Malloc(sizeof(int) * (POOL * 10 + POOL * L + r.ntpls + 8))
+    if mat == NULL or tw == NULL or s == NULL or sbuf == NULL or ibuf == NULL:
+        PyMem_Free(loc); PyMem_Free(mat); PyMem_Free(tw); PyMem_Free(s); PyMem_Free(sbuf)
+        PyMem_Free(ibuf); PyMem_Free(reasons)
+        raise MemoryError()
+    cdef tuple group
+    cdef Py_ssize_t x, gn
+    try:
+        memset(cnt, 0, sizeof(int) * nt)
+        if nt:
+            # eligibility: discountable lines with an amount, matching the template
+            for i in range(L):
+                if not disc[i] or cur[i] <= 0:
+                    continue
+                for x in range(PyTuple_GET_SIZE(r.tpl_all)):
+                    c = loc[<int>(<object>PyTuple_GET_ITEM(r.tpl_all, x))]
+                    if c >= 0:
+                        mat[c * L + cnt[c]] = i
+                        cnt[c] += 1
+                for k in range(2):
+                    p = skup[i] if k == 0 else catp[i]
+                    if p == NULL:
+                        continue
+                    group = <tuple>PyTuple_GET_ITEM(<tuple>p, 1)
+                    gn = PyTuple_GET_SIZE(group)
+                    for x in range(gn):
+                        c = loc[<int>(<object>PyTuple_GET_ITEM(group, x))]
+                        # a template naming both the sku and the category counts the line once
+                        if c < 0 or (cnt[c] and mat[c * L + cnt[c] - 1] == i):
+                            continue
+                        mat[c * L + cnt[c]] = i
+                        cnt[c] += 1
+            for c in range(nt):
+                w = 0
+                for k in range(cnt[c]):
+                    w += cur[mat[c * L + k]]
+                tw[c] = w
+        # stand-alone checks and the pool (valid candidates, first POOL of them)
+        pool = []
+        for i in range(nc):
+            t = cand_tpl[i]
+            if t < 0:
+                continue
+            c = loc[t]
+            w = tw[c]
+            s.kind = r.t_kind + t
+            s.thr = r.t_thr + t
+            s.offc = r.t_offc + t
+            s.offbp = r.t_offbp + t
+            s.maxoff = r.t_max + t
+            if w == 0 or coupon_take(s, 0, w, True) == 0:
+                reasons[i] = R_NO_LINES
+            elif r.t_kind[t] == K_THRESHOLD and w < r.t_thr[t]:
+                reasons[i] = R_THRESHOLD
+            elif len(pool) < POOL:
+                pool.append(i)
+            else:
+                reasons[i] = R_NOT_COMB
+        # application order: kind, then id
+        keyed = [(r.t_kind[cand_tpl[<int>ii]], order[ii], ii) for ii in pool]
+        keyed.sort()
+        pool = [kk[2] for kk in keyed]
+        npool = len(pool)
+        ids_sorted = sorted([order[ii] for ii in pool])
+        id_rank = {cid: rk for rk, cid in enumerate(ids_sorted)}
+        s.n = npool
+        s.k = maxc
+        s.L = L
+        s.cur = cur
+        s.expiry = sbuf
+        s.alone = sbuf + POOL
+        s.thr = sbuf + 2 * POOL
+        s.offc = sbuf + 3 * POOL
+        s.offbp = sbuf + 4 * POOL
+        s.maxoff = sbuf + 5 * POOL
+        s.rem = sbuf + 6 * POOL  # L words
+        s.parts = sbuf + 6 * POOL + L  # (maxc + 1) * L words
+        s.kind = ibuf
+        s.tpl = ibuf + POOL
+        s.limit = ibuf + 2 * POOL
+        s.idrank = ibuf + 3 * POOL
+        s.eoff = ibuf + 4 * POOL
+        s.en = ibuf + 5 * POOL
+        s.tcount = ibuf + 6 * POOL  # r.ntpls ints
+        s.eidx = ibuf + 6 * POOL + r.ntpls + 8  # POOL * L ints
+        s.stack = <uint8_t*>(sbuf + 6 * POOL + L + (maxc + 1) * L)
+        memset(s.tcount, 0, sizeof(int) * (r.ntpls + 1))
+        for j in range(npool):
+            i = pool[j]
+            t = cand_tpl[i]
+            c = loc[t]
+            s.kind[j] = r.t_kind[t]
+            s.thr[j] = r.t_thr[t]
+            s.offc[j] = r.t_offc[t]
+            s.offbp[j] = r.t_offbp[t]
+            s.maxoff[j] = r.t_max[t]
+            s.stack[j] = r.t_stack[t]
+            s.tpl[j] = t
+            s.limit[j] = r.t_limit[t]
+            s.expiry[j] = held_until[held_index[order[i]]]
+            s.idrank[j] = id_rank[order[i]]
+            s.eoff[j] = j * L
+            s.en[j] = cnt[c]
+            for k in range(cnt[c]):
+                s.eidx[j * L + k] = mat[c * L + k]
+            s.alone[j] = coupon_take(s, j, tw[c], False)
+        # topsum[j][q]: the q largest stand-alone takes among pool[j:]
+        for q in range(MAX_DEPTH + 1):
+            s.topsum[npool][q] = 0
+        for j in range(npool - 1, -1, -1):
+            for q in range(MAX_DEPTH + 1):
+                a = s.topsum[j + 1][q]
+                if q > 0 and s.topsum[j + 1][q - 1] + s.alone[j] > a:
+                    a = s.topsum[j + 1][q - 1] + s.alone[j]
+                s.topsum[j][q] = a
+        s.best_n = 0
+        s.best_total = 0
+        if npool and maxc > 0:
+            visit(s, 0, 0, 0)
+        # apply the winner for real, in application order
+        picked = set()
+        for depth in range(s.best_n):
+            j = s.best[depth]
+            i = pool[j]
+            a = apply_one(s, j, 0)
+            for k in range(s.en[j]):
+                coup[s.eidx[j * L + k]] += s.parts[s.eidx[j * L + k]]
+            picked.add(i)
+            applied.append({"id": order[i], "template": r.tpl_code[cand_tpl[i]],
+                            "discount_cents": a})
+        for i in range(nc):
+            if i in picked:
+                continue
+            rejected.append({"id": order[i],
+                             "reason": REASONS[reasons[i] if reasons[i] else R_NOT_COMB]})
+    finally:
+        PyMem_Free(loc); PyMem_Free(mat); PyMem_Free(tw); PyMem_Free(s); PyMem_Free(sbuf)
+        PyMem_Free(ibuf); PyMem_Free(reasons)
+    return 0
