@@ -18,12 +18,15 @@ $(STAMP): $(SOURCES)
 run: $(STAMP)
 	$(VENV)/bin/settlement quote --rules examples/rulebook.toml --request examples/request-member.json
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest tests -q
 	$(PY) -m pytest bench -q --benchmark-disable
 
 bench: $(STAMP)
-	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,rounds
+	mkdir -p bench/results
+	$(PY) -m pytest bench --benchmark-only --benchmark-min-rounds=50 \
+		--benchmark-json=bench/results/engine.json --benchmark-columns=min,median,mean,rounds
+	$(PY) bench/report.py bench/results/engine.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check settlement tests bench

@@ -8,7 +8,8 @@ fallback, so a benchmark or a CI run cannot measure the wrong engine.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .rulebook import Rulebook
 

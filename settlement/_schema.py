@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -28,6 +29,10 @@ def _problem(err: dict[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "required field is missing"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a JSON object"
+    if kind == "list_type":
+        return "must be a JSON array"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     if kind in ("greater_than_equal", "less_than_equal"):
@@ -43,8 +48,11 @@ def first_error(
 
     ``label`` turns a pydantic location tuple into the project's field path.
     """
-    err = exc.errors(include_url=False)[0]
-    return label(tuple(err["loc"])), _problem(err)
+    err: dict[str, Any] = dict(exc.errors(include_url=False)[0])
+    loc = tuple(err["loc"])
+    if err["type"] == "invalid_key":  # the location ends with the bad key itself
+        return label(loc[:-1]), f"field names must be strings, got {loc[-1]!r}"
+    return label(loc), _problem(err)
 
 
 def dotted(loc: tuple[Any, ...]) -> str:

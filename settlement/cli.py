@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
 
@@ -19,15 +19,15 @@ def _read_request(path: str) -> object:
     try:
         text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
     except OSError as exc:
-        raise SystemExit(_fail(f"request: cannot read {path}: {exc.strerror or exc}"))
+        raise SystemExit(_fail(f"request: cannot read {path}: {exc.strerror or exc}")) from None
     except UnicodeDecodeError:
-        raise SystemExit(_fail(f"request: {path} is not UTF-8 text"))
+        raise SystemExit(_fail(f"request: {path} is not UTF-8 text")) from None
     try:
         return json.loads(text)
     except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
-        raise SystemExit(_fail(f"request: invalid JSON: {exc}"))
+        raise SystemExit(_fail(f"request: invalid JSON: {exc}")) from None
     except RecursionError:
-        raise SystemExit(_fail("request: invalid JSON: nested too deeply"))
+        raise SystemExit(_fail("request: invalid JSON: nested too deeply")) from None
 
 
 def _fail(message: str) -> int:

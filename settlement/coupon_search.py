@@ -10,8 +10,8 @@ tie-breaks see every optimal subset.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .allocation import allocate, round_half_up_bp
 from .rulebook import CouponTemplate
@@ -45,8 +45,11 @@ def take(template: CouponTemplate, w: int, ignore_threshold: bool = False) -> in
 
 
 def apply_coupon(c: Candidate, current: Sequence[int]) -> tuple[int, list[int]] | None:
-    """Apply ``c`` to line amounts ``current``: (amount, per-line parts), or None if it takes nothing."""
-    weights = [cur if ok else 0 for cur, ok in zip(current, c.eligible)]
+    """Apply ``c`` to line amounts ``current``.
+
+    Returns ``(amount, per-line parts)``, or None when the coupon would take nothing.
+    """
+    weights = [cur if ok else 0 for cur, ok in zip(current, c.eligible, strict=True)]
     amount = take(c.template, sum(weights))
     if amount <= 0:
         return None
@@ -55,7 +58,8 @@ def apply_coupon(c: Candidate, current: Sequence[int]) -> tuple[int, list[int]] 
 
 def _rank(subset: Sequence[Candidate], total: int) -> tuple:
     """Sort key of a subset: the smallest key is the contract's best."""
-    return (-total, len(subset), sorted(c.valid_until for c in subset), sorted(c.id for c in subset))
+    expiries = sorted(c.valid_until for c in subset)
+    return (-total, len(subset), expiries, sorted(c.id for c in subset))
 
 
 def best_subset(
@@ -92,7 +96,7 @@ def best_subset(
             amount, parts = applied
             counts = dict(per_template)
             counts[tpl.code] = counts.get(tpl.code, 0) + 1
-            visit(j + 1, chosen + (c,), [a - p for a, p in zip(amounts, parts)],
+            visit(j + 1, chosen + (c,), [a - p for a, p in zip(amounts, parts, strict=True)],
                   total + amount, counts)
 
     visit(0, (), list(current), 0, {})

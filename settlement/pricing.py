@@ -40,7 +40,7 @@ def price(rb: Rulebook, req: QuoteRequest) -> dict[str, Any]:
     rounding = [0] * n
     categories = [rb.categories.get(x.category) for x in lines]
     discountable = [x.count_card_id is None and (c is None or c.discountable)
-                    for x, c in zip(lines, categories)]
+                    for x, c in zip(lines, categories, strict=True)]
 
     # 0. Count cards: the line is paid by uses of the card.
     uses: dict[str, int] = {}
@@ -82,13 +82,13 @@ def price(rb: Rulebook, req: QuoteRequest) -> dict[str, Any]:
     points_redeemed = redeemable_max = 0
     if member is not None and rb.points is not None:
         pts = rb.points
-        base = sum(c for c, ok in zip(current, discountable) if ok)
+        base = sum(c for c, ok in zip(current, discountable, strict=True) if ok)
         cap = base * pts.max_redeem_bp // 10000
         possible = min(member.points_balance // pts.redeem_points, cap // pts.redeem_cents)
         blocks = min(req.redeem_points // pts.redeem_points, possible)
         redeemable_max = possible * pts.redeem_points
         points_redeemed = blocks * pts.redeem_points
-        weights = [c if ok else 0 for c, ok in zip(current, discountable)]
+        weights = [c if ok else 0 for c, ok in zip(current, discountable, strict=True)]
         for i, part in enumerate(allocate(blocks * pts.redeem_cents, weights)):
             offset[i] = part
             current[i] -= part
@@ -109,7 +109,8 @@ def price(rb: Rulebook, req: QuoteRequest) -> dict[str, Any]:
     # 6. Points earned.
     earned = 0
     if member is not None and tier is not None and rb.points is not None:
-        earning = sum(c for c, cat in zip(current, categories) if cat is None or cat.earns_points)
+        earning = sum(c for c, cat in zip(current, categories, strict=True)
+                      if cat is None or cat.earns_points)
         multipliers = [p.points_multiplier_bp for p in active if p.points_multiplier_bp is not None]
         multiplier = tier.points_multiplier_bp * max(multipliers, default=10000) // 10000
         earned = earning * rb.points.earn_per_yuan * multiplier // 1_000_000
@@ -176,8 +177,8 @@ def _coupons(rb: Rulebook, req: QuoteRequest, rank: int, max_coupons: int,
             reasons[cid] = "TIER_TOO_LOW"
         else:
             eligible = tuple(ok and cur > 0 and tpl.matches(x.sku, x.category)
-                             for x, ok, cur in zip(req.lines, discountable, current))
-            w = sum(cur for cur, ok in zip(current, eligible) if ok)
+                             for x, ok, cur in zip(req.lines, discountable, current, strict=True))
+            w = sum(cur for cur, ok in zip(current, eligible, strict=True) if ok)
             if w == 0 or take(tpl, w, ignore_threshold=True) == 0:
                 reasons[cid] = "NO_ELIGIBLE_LINES"
             elif tpl.kind == "threshold" and w < tpl.threshold_cents:
@@ -189,15 +190,15 @@ def _coupons(rb: Rulebook, req: QuoteRequest, rank: int, max_coupons: int,
     # expiry order, so the first AUTO_POOL are the soonest to expire.
     chosen = best_subset(valid[:AUTO_POOL], current, max_coupons)
     applied = []
-    for c in chosen:
-        result = apply_coupon(c, current)
+    for pick in chosen:
+        result = apply_coupon(pick, current)
         assert result is not None  # the search only returns subsets where every coupon takes
         amount, parts = result
         for i, part in enumerate(parts):
             coupon[i] += part
             current[i] -= part
-        applied.append({"id": c.id, "template": c.template.code, "discount_cents": amount})
-    picked = {c.id for c in chosen}
+        applied.append({"id": pick.id, "template": pick.template.code, "discount_cents": amount})
+    picked = {pick.id for pick in chosen}
     rejected = [{"id": cid, "reason": reasons.get(cid, "NOT_COMBINABLE")}
                 for cid in ids if cid not in picked]
     return applied, rejected

@@ -9,8 +9,9 @@ when it finds a problem, calls this function so that both raise the same
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 from pydantic import PlainValidator, ValidationError
 
@@ -190,7 +191,8 @@ def _check(rulebook: Rulebook, src: _RequestIn) -> QuoteRequest:
                       FOREVER if k.valid_until is None else k.valid_until)
             for k in m.count_cards or ())
         _no_duplicates("member.count_cards", [k.id for k in cards], ".id", "count card")
-        member = Member(m.id, m.tier, m.points_balance or 0, m.stored_value_cents or 0, coupons, cards)
+        member = Member(m.id, m.tier, m.points_balance or 0, m.stored_value_cents or 0,
+                        coupons, cards)
 
     coupon_ids = tuple(src.coupon_ids or ())
     _no_duplicates("coupon_ids", list(coupon_ids), "", "coupon")

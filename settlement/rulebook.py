@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
@@ -404,11 +405,13 @@ def _compile(src: _RulebookIn, raw: Mapping[str, Any], source: str) -> Rulebook:
     for i, p in enumerate(src.promotions):
         where = _entry("promotions", i, p.code)
         if (p.off_bp is None) == (p.points_multiplier_bp is None):
-            raise RulebookError(f"{where}.off_bp", "set exactly one of off_bp and points_multiplier_bp")
+            raise RulebookError(
+                f"{where}.off_bp", "set exactly one of off_bp and points_multiplier_bp")
         if p.points_multiplier_bp is not None and (p.skus or p.categories):
             raise RulebookError(
                 f"{where}.{'skus' if p.skus else 'categories'}",
-                "a points_multiplier_bp promotion is order-level and cannot name skus or categories",
+                "a points_multiplier_bp promotion is order-level: "
+                "it cannot name skus or categories",
             )
         bounds = []
         for name, value, default in (("valid_from", p.valid_from, NEVER_BEFORE),
@@ -430,19 +433,19 @@ def _compile(src: _RulebookIn, raw: Mapping[str, Any], source: str) -> Rulebook:
              "voucher": ("off_cents",)}
     allowed = {"threshold": {"threshold_cents", "off_cents"},
                "percent": {"off_bp", "max_off_cents"}, "voucher": {"off_cents"}}
-    for i, c in enumerate(src.coupon_templates):
-        where = _entry("coupon_templates", i, c.code)
-        for name in needs[c.kind]:
-            if getattr(c, name) is None:
-                raise RulebookError(f"{where}.{name}", f"required for kind {c.kind!r}")
+    for i, ct in enumerate(src.coupon_templates):
+        where = _entry("coupon_templates", i, ct.code)
+        for name in needs[ct.kind]:
+            if getattr(ct, name) is None:
+                raise RulebookError(f"{where}.{name}", f"required for kind {ct.kind!r}")
         for name in ("threshold_cents", "off_cents", "off_bp", "max_off_cents"):
-            if getattr(c, name) is not None and name not in allowed[c.kind]:
-                raise RulebookError(f"{where}.{name}", f"not used by kind {c.kind!r}")
-        templates[c.code] = CouponTemplate(
-            c.code, c.kind, c.threshold_cents or 0, c.off_cents or 0, c.off_bp or 0,
-            c.max_off_cents, frozenset(c.skus), frozenset(c.categories), c.stackable,
-            rank_of(f"{where}.min_tier", c.min_tier), c.per_order_limit,
-            _window(where, c.weekdays, c.hours))
+            if getattr(ct, name) is not None and name not in allowed[ct.kind]:
+                raise RulebookError(f"{where}.{name}", f"not used by kind {ct.kind!r}")
+        templates[ct.code] = CouponTemplate(
+            ct.code, ct.kind, ct.threshold_cents or 0, ct.off_cents or 0, ct.off_bp or 0,
+            ct.max_off_cents, frozenset(ct.skus), frozenset(ct.categories), ct.stackable,
+            rank_of(f"{where}.min_tier", ct.min_tier), ct.per_order_limit,
+            _window(where, ct.weekdays, ct.hours))
 
     points = None
     if src.points is not None:

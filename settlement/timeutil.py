@@ -6,10 +6,10 @@ parsed exactly once and never compared as a float.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Sentinels for an absent bound: "since ever" and "forever".
 NEVER_BEFORE = -(2**63)

@@ -9,8 +9,9 @@ twin skips loudly, or fails when ``SETTLEMENT_REQUIRE_FAST=1`` (CI).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings

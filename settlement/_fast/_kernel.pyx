@@ -910,11 +910,13 @@ cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int
             p2 = PyDict_GetItem(line, "category")
             p3 = PyDict_GetItem(line, "unit_price_cents")
             p4 = PyDict_GetItem(line, "quantity")
-            p5 = PyDict_GetItem(line, "count_card_id")
             if p == NULL or p2 == NULL or p3 == NULL or p4 == NULL:
                 raise _Reject()
-            if PyDict_Size(line) != 4 + (p5 != NULL):
-                raise _Reject()
+            p5 = NULL  # the optional key is looked up only when the line has a fifth key
+            if PyDict_Size(line) != 4:
+                p5 = PyDict_GetItem(line, "count_card_id")
+                if p5 == NULL or PyDict_Size(line) != 5:
+                    raise _Reject()
             sku = want_code(<object>p)
             cat = want_code(<object>p2)
             up = want_int(<object>p3, 0, MAX_UNIT_PRICE)
@@ -1284,6 +1286,14 @@ cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t 
         s.best_n = 0
         s.best_total = 0
         if npool and maxc > 0:
+            # Seed the incumbent with the best single coupon (a valid subset: every pool
+            # member takes alone), so the bound prunes from the first branch on.
+            for j in range(npool):
+                s.chosen[0] = j
+                if better(s, 1, s.alone[j]):
+                    s.best_n = 1
+                    s.best_total = s.alone[j]
+                    s.best[0] = j
             visit(s, 0, 0, 0)
         # apply the winner for real, in application order
         picked = set()
