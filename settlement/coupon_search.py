@@ -1,11 +1,19 @@
 """The exact search for the best coupon subset (pure-Python reference).
 
 Candidates are visited depth-first in application order (kind, then id),
-so each step applies exactly one more coupon to its parent's amounts. A
-branch is cut only when an admissible bound (what is chosen so far plus the
-largest stand-alone takes of the coupons still available) is strictly below
-the best total found: ties are always explored, so the contract's
-tie-breaks see every optimal subset.
+so each step applies exactly one more coupon to its parent's amounts. The
+search is exact; it only skips subsets that provably cannot be the
+contract's pick:
+
+* a branch whose bound (what is chosen plus the largest stand-alone takes
+  still available; a coupon never takes more in a subset than alone, since
+  line amounts only go down) is below the best total found;
+* a branch whose bound only ties the best total and whose completions
+  cannot win the tie-breaks (count, then sorted expiries, then sorted ids,
+  judged on elementwise lower bounds);
+* within a run of same-template neighbours, any choice but a prefix of the
+  run sorted by (expiry, id): those are the same operation, so a prefix
+  gives the same amounts and wins every tie-break.
 """
 
 from __future__ import annotations
@@ -62,15 +70,50 @@ def _rank(subset: Sequence[Candidate], total: int) -> tuple:
     return (-total, len(subset), expiries, sorted(c.id for c in subset))
 
 
+def search_order(pool: Sequence[Candidate]) -> list[Candidate]:
+    """Application order (kind, id), with each run of same-template neighbours re-sorted.
+
+    Neighbours of one template are the same operation applied back to back,
+    so which of them fill a run's places changes no amount; the contract's
+    tie-breaks then prefer earliest expiry, then smallest id. Sorting a run by
+    (expiry, id) and only ever taking a prefix of it is therefore exact.
+    """
+    order = sorted(pool, key=lambda c: (KIND_ORDER[c.template.kind], c.id))
+    out: list[Candidate] = []
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and order[j].template is order[i].template:
+            j += 1
+        out.extend(sorted(order[i:j], key=lambda c: (c.valid_until, c.id)))
+        i = j
+    return out
+
+
 def best_subset(
     pool: Sequence[Candidate], current: Sequence[int], max_coupons: int
 ) -> tuple[Candidate, ...]:
     """The subset of ``pool`` the contract picks, in application order."""
-    order = sorted(pool, key=lambda c: (KIND_ORDER[c.template.kind], c.id))
+    order = search_order(pool)
     best: list = [(0, 0, [], []), ()]  # (rank key, subset)
 
     def bound(start: int, slots: int) -> int:
         return sum(sorted((c.alone for c in order[start:]), reverse=True)[:slots])
+
+    def cannot_win_tie(start: int, chosen: tuple[Candidate, ...], total: int) -> bool:
+        """At best a tie on total: can no completion win on count, expiries or ids?"""
+        _, best_n, best_exp, best_ids = best[0]
+        need = best_n - len(chosen)  # coupons to add to tie on count
+        if need < 1:
+            return True  # every completion has more coupons than the best
+        if need > 1 and total + bound(start, need - 1) >= -best[0][0]:
+            return False  # a completion with fewer coupons might reach the best total
+        # Elementwise lower bounds of any completion's sorted expiries and ids.
+        rest = order[start:]
+        low_exp = sorted([c.valid_until for c in chosen]
+                         + sorted(c.valid_until for c in rest)[:need])
+        low_ids = sorted([c.id for c in chosen] + sorted(c.id for c in rest)[:need])
+        return (low_exp, low_ids) >= (best_exp, best_ids)
 
     def visit(start: int, chosen: tuple[Candidate, ...], amounts: list[int], total: int,
               per_template: dict[str, int]) -> None:
@@ -81,11 +124,16 @@ def best_subset(
         slots = max_coupons - len(chosen)
         if slots <= 0 or (chosen and not chosen[0].template.stackable):
             return
-        if total + bound(start, slots) < -best[0][0]:
+        reach = total + bound(start, slots)
+        best_total = -best[0][0]
+        if reach < best_total or (reach == best_total and best[1]
+                                  and cannot_win_tie(start, chosen, total)):
             return
         for j in range(start, len(order)):
             c = order[j]
             tpl = c.template
+            if j > start and order[j - 1].template is tpl:
+                continue  # take a run of one template only as a prefix
             if chosen and not tpl.stackable:
                 continue
             if per_template.get(tpl.code, 0) >= tpl.per_order_limit:
@@ -100,4 +148,4 @@ def best_subset(
                   total + amount, counts)
 
     visit(0, (), list(current), 0, {})
-    return best[1]
+    return tuple(sorted(best[1], key=lambda c: (KIND_ORDER[c.template.kind], c.id)))

@@ -629,9 +629,15 @@ cdef struct Search:
     int64_t* parts      # [depth * L + line]
     int64_t* rem
     int* tcount
+    uint8_t samerun[POOL]   # same template as the previous candidate (a run)
+    int appl[POOL]          # position in the true application order (kind, id)
     int64_t topsum[POOL + 1][MAX_DEPTH + 1]
+    int64_t sufexp[POOL + 1][POOL]  # sorted expiries of candidates [start:]
+    int64_t sufid[POOL + 1][POOL]   # sorted id ranks of candidates [start:]
     int chosen[MAX_DEPTH]
     int best[MAX_DEPTH]
+    int64_t best_exp[MAX_DEPTH]     # the best subset's sorted expiries and id ranks
+    int64_t best_ids[MAX_DEPTH]
     int best_n
     int64_t best_total
 
@@ -717,20 +723,69 @@ cdef bint better(Search* s, int depth, int64_t total) nogil:
     return False
 
 
+cdef void set_best(Search* s, int depth, int64_t total) noexcept nogil:
+    cdef int i
+    s.best_n = depth
+    s.best_total = total
+    for i in range(depth):
+        s.best[i] = s.chosen[i]
+        s.best_exp[i] = s.expiry[s.chosen[i]]
+        s.best_ids[i] = s.idrank[s.chosen[i]]
+    sort_small(s.best_exp, depth)
+    sort_small(s.best_ids, depth)
+
+
+cdef int cmp_merged(Search* s, int depth, int64_t* suffix, int need, int64_t* best,
+                    bint ids) noexcept nogil:
+    """Compare sorted(chosen values + suffix[:need]) with ``best`` (-1, 0, 1)."""
+    cdef int64_t mine[MAX_DEPTH]
+    cdef int a = 0, b = 0, i
+    cdef int64_t v[MAX_DEPTH]
+    for i in range(depth):
+        v[i] = s.idrank[s.chosen[i]] if ids else s.expiry[s.chosen[i]]
+    sort_small(v, depth)
+    for i in range(depth + need):
+        if b >= need or (a < depth and v[a] <= suffix[b]):
+            mine[i] = v[a]
+            a += 1
+        else:
+            mine[i] = suffix[b]
+            b += 1
+        if mine[i] != best[i]:
+            return -1 if mine[i] < best[i] else 1
+    return 0
+
+
+cdef bint cannot_win_tie(Search* s, int start, int depth, int64_t total) noexcept nogil:
+    """At best a tie on total: can no completion win on count, expiries or ids?"""
+    cdef int need = s.best_n - depth, c
+    if need < 1:
+        return True
+    if need > 1 and total + s.topsum[start][need - 1] >= s.best_total:
+        return False
+    if s.n - start < need:
+        return True
+    c = cmp_merged(s, depth, s.sufexp[start], need, s.best_exp, False)
+    if c != 0:
+        return c > 0
+    return cmp_merged(s, depth, s.sufid[start], need, s.best_ids, True) >= 0
+
+
 cdef void visit(Search* s, int start, int depth, int64_t total) noexcept nogil:
-    cdef int j, slots, i
-    cdef int64_t amount
+    cdef int j, slots
+    cdef int64_t amount, reach
     if depth > 0 and better(s, depth, total):
-        s.best_n = depth
-        s.best_total = total
-        for i in range(depth):
-            s.best[i] = s.chosen[i]
+        set_best(s, depth, total)
     slots = s.k - depth
     if slots <= 0 or (depth > 0 and not s.stack[s.chosen[0]]):
         return
-    if total + s.topsum[start][slots] < s.best_total:
+    reach = total + s.topsum[start][slots]
+    if reach < s.best_total or (reach == s.best_total and s.best_n > 0
+                                and cannot_win_tie(s, start, depth, total)):
         return
     for j in range(start, s.n):
+        if j > start and s.samerun[j]:
+            continue  # take a run of one template only as a prefix
         if depth > 0 and not s.stack[j]:
             continue
         if s.tcount[s.tpl[j]] >= s.limit[j]:
@@ -1229,7 +1284,18 @@ cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t 
         # application order: kind, then id
         keyed = [(r.t_kind[cand_tpl[<int>ii]], order[ii], ii) for ii in pool]
         keyed.sort()
-        pool = [kk[2] for kk in keyed]
+        appl_pos = {kk[2]: pos for pos, kk in enumerate(keyed)}
+        # runs of one template: the same operation, re-sorted by (expiry, id); see visit()
+        pool = []
+        k = 0
+        while k < len(keyed):
+            q = k
+            while q < len(keyed) and cand_tpl[<int>keyed[q][2]] == cand_tpl[<int>keyed[k][2]]:
+                q += 1
+            run = [(held_until[held_index[order[kk[2]]]], kk[1], kk[2]) for kk in keyed[k:q]]
+            run.sort()
+            pool.extend([rr[2] for rr in run])
+            k = q
         npool = len(pool)
         ids_sorted = sorted([order[ii] for ii in pool])
         id_rank = {cid: rk for rk, cid in enumerate(ids_sorted)}
@@ -1269,6 +1335,8 @@ cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t 
             s.limit[j] = r.t_limit[t]
             s.expiry[j] = held_until[held_index[order[i]]]
             s.idrank[j] = id_rank[order[i]]
+            s.appl[j] = appl_pos[i]
+            s.samerun[j] = j > 0 and cand_tpl[<int>pool[j - 1]] == t
             s.eoff[j] = j * L
             s.en[j] = cnt[c]
             for k in range(cnt[c]):
@@ -1278,6 +1346,23 @@ cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t 
         for q in range(MAX_DEPTH + 1):
             s.topsum[npool][q] = 0
         for j in range(npool - 1, -1, -1):
+            # sorted suffix expiries and id ranks: suffix j = insert(j, suffix j + 1)
+            a = 0
+            for q in range(npool - 1 - j):
+                if a == 0 and s.sufexp[j + 1][q] > s.expiry[j]:
+                    s.sufexp[j][q] = s.expiry[j]
+                    a = 1
+                s.sufexp[j][q + a] = s.sufexp[j + 1][q]
+            if a == 0:
+                s.sufexp[j][npool - 1 - j] = s.expiry[j]
+            a = 0
+            for q in range(npool - 1 - j):
+                if a == 0 and s.sufid[j + 1][q] > s.idrank[j]:
+                    s.sufid[j][q] = s.idrank[j]
+                    a = 1
+                s.sufid[j][q + a] = s.sufid[j + 1][q]
+            if a == 0:
+                s.sufid[j][npool - 1 - j] = s.idrank[j]
             for q in range(MAX_DEPTH + 1):
                 a = s.topsum[j + 1][q]
                 if q > 0 and s.topsum[j + 1][q - 1] + s.alone[j] > a:
@@ -1291,10 +1376,16 @@ cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t 
             for j in range(npool):
                 s.chosen[0] = j
                 if better(s, 1, s.alone[j]):
-                    s.best_n = 1
-                    s.best_total = s.alone[j]
-                    s.best[0] = j
+                    set_best(s, 1, s.alone[j])
             visit(s, 0, 0, 0)
+            # apply in the true application order (runs were re-sorted for the search)
+            for depth in range(1, s.best_n):
+                j = s.best[depth]
+                q = depth - 1
+                while q >= 0 and s.appl[s.best[q]] > s.appl[j]:
+                    s.best[q + 1] = s.best[q]
+                    q -= 1
+                s.best[q + 1] = j
         # apply the winner for real, in application order
         picked = set()
         for depth in range(s.best_n):
