@@ -1284,19 +1284,32 @@ cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t 
         # application order: kind, then id
         keyed = [(r.t_kind[cand_tpl[<int>ii]], order[ii], ii) for ii in pool]
         keyed.sort()
-        appl_pos = {kk[2]: pos for pos, kk in enumerate(keyed)}
-        # runs of one template: the same operation, re-sorted by (expiry, id); see visit()
-        pool = []
-        k = 0
-        while k < len(keyed):
-            q = k
-            while q < len(keyed) and cand_tpl[<int>keyed[q][2]] == cand_tpl[<int>keyed[k][2]]:
-                q += 1
-            run = [(held_until[held_index[order[kk[2]]]], kk[1], kk[2]) for kk in keyed[k:q]]
-            run.sort()
-            pool.extend([rr[2] for rr in run])
-            k = q
+        pool = [kk[2] for kk in keyed]
         npool = len(pool)
+        appl_pos = None
+        for j in range(1, npool):
+            if cand_tpl[<int>pool[j]] == cand_tpl[<int>pool[j - 1]]:
+                break
+        else:
+            j = 0
+        if j:
+            # runs of one template: the same operation, re-sorted by (expiry, id); see visit()
+            appl_pos = {ii: pos for pos, ii in enumerate(pool)}
+            runs = []
+            k = 0
+            while k < npool:
+                q = k + 1
+                while q < npool and cand_tpl[<int>pool[q]] == cand_tpl[<int>pool[k]]:
+                    q += 1
+                if q - k > 1:
+                    run = [(held_until[held_index[order[ii]]], order[ii], ii)
+                           for ii in pool[k:q]]
+                    run.sort()
+                    runs.extend([rr[2] for rr in run])
+                else:
+                    runs.append(pool[k])
+                k = q
+            pool = runs
         ids_sorted = sorted([order[ii] for ii in pool])
         id_rank = {cid: rk for rk, cid in enumerate(ids_sorted)}
         s.n = npool
@@ -1335,7 +1348,7 @@ cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t 
             s.limit[j] = r.t_limit[t]
             s.expiry[j] = held_until[held_index[order[i]]]
             s.idrank[j] = id_rank[order[i]]
-            s.appl[j] = appl_pos[i]
+            s.appl[j] = j if appl_pos is None else appl_pos[i]
             s.samerun[j] = j > 0 and cand_tpl[<int>pool[j - 1]] == t
             s.eoff[j] = j * L
             s.en[j] = cnt[c]
