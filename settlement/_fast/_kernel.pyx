@@ -351,6 +351,16 @@ cdef void _window(_Rules r, object w, int* wd, int* h0, int* hn, int i) except *
         r.nspans += 1
 
 
+cdef void _index(int i, int slot, object rule, list every, dict by_sku, dict by_cat) except *:
+    """File rule ``i`` under its SKUs and categories (``slot`` 0: promotions, 1: templates)."""
+    if not rule.skus and not rule.categories:
+        every.append(i)
+    for key in rule.skus:
+        by_sku.setdefault(key, ([], [], []))[slot].append(i)
+    for key in rule.categories:
+        by_cat.setdefault(key, ([], [], []))[slot].append(i)
+
+
 def _compile(object rb):
     cdef _Rules r = _Rules()
     cdef int i, k
@@ -405,12 +415,7 @@ def _compile(object rb):
         r.p_until[i] = p.valid_until
         r.p_members[i] = p.members_only
         _window(r, p.window, r.p_wd, r.p_h0, r.p_hn, i)
-        if not p.skus and not p.categories:
-            promo_all.append(i)
-        for s in p.skus:
-            by_sku.setdefault(s, ([], [], []))[0].append(i)
-        for c in p.categories:
-            by_cat.setdefault(c, ([], [], []))[0].append(i)
+        _index(i, 0, p, promo_all, by_sku, by_cat)
     r.promo_all = tuple(promo_all)
     r.promo_source = tuple("promotion:" + p.code for p in promos)
 
@@ -438,12 +443,7 @@ def _compile(object rb):
         r.t_rank[i] = t.min_rank
         r.t_limit[i] = t.per_order_limit
         _window(r, t.window, r.t_wd, r.t_h0, r.t_hn, i)
-        if not t.skus and not t.categories:
-            tpl_all.append(i)
-        for s in t.skus:
-            by_sku.setdefault(s, ([], [], []))[1].append(i)
-        for c in t.categories:
-            by_cat.setdefault(c, ([], [], []))[1].append(i)
+        _index(i, 1, t, tpl_all, by_sku, by_cat)
     r.tpl_all = tuple(tpl_all)
     r.tpl_code = tuple(t.code for t in tpls)
 
