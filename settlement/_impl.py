@@ -14,25 +14,31 @@ from typing import Any
 from .rulebook import Rulebook
 
 QuoteFn = Callable[[Rulebook, Any], dict[str, Any]]
+PrepareFn = Callable[[Rulebook], None]
 
 
-def _select() -> tuple[str, QuoteFn]:
+def _no_preparation(rulebook: Rulebook) -> None:
+    """The pure engine reads the rulebook as it is."""
+
+
+def _select() -> tuple[str, QuoteFn, PrepareFn]:
     choice = os.environ.get("SETTLEMENT_IMPL", "").strip().lower()
     if choice not in ("", "pure", "fast"):
         raise ImportError(f"SETTLEMENT_IMPL={choice!r}: expected 'pure' or 'fast'")
     if choice == "pure":
         from .pricing import quote as pure_quote
 
-        return "pure", pure_quote
+        return "pure", pure_quote, _no_preparation
     try:
+        from ._fast import prepare as fast_prepare
         from ._fast import quote as fast_quote
     except ImportError:
         if choice == "fast":
             raise
         from .pricing import quote as pure_quote
 
-        return "pure", pure_quote
-    return "fast", fast_quote
+        return "pure", pure_quote, _no_preparation
+    return "fast", fast_quote, fast_prepare
 
 
-IMPLEMENTATION, quote = _select()
+IMPLEMENTATION, quote, prepare = _select()

@@ -26,6 +26,7 @@ from .timeutil import FOREVER, NEVER_BEFORE, local_instant
 ROUNDING_MODES = ("none", "floor_jiao", "floor_yuan")
 COUPON_KINDS = ("threshold", "percent", "voucher")
 MAX_COUPONS_LIMIT = 8
+MAX_TIERS = 64
 _CENTS = bounded(0, 10**12)
 _MULT = bounded(0, 100_000)
 _WINDOW = re.compile(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})")
@@ -358,6 +359,8 @@ def _compile(src: _RulebookIn, raw: Mapping[str, Any], source: str) -> Rulebook:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise RulebookError("timezone", f"unknown IANA timezone {src.timezone!r}") from None
 
+    if len(src.tiers) > MAX_TIERS:
+        raise RulebookError("tiers", f"at most {MAX_TIERS} tiers, got {len(src.tiers)}")
     _unique("tiers", [t.code for t in src.tiers])
     ranks: set[int] = set()
     for i, t in enumerate(src.tiers):

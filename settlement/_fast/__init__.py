@@ -4,6 +4,6 @@ Importing this package fails with ImportError when the extension is not
 built; ``settlement._impl`` decides what that means.
 """
 
-from ._kernel import quote
+from ._kernel import prepare, quote
 
-__all__ = ["quote"]
+__all__ = ["prepare", "quote"]

@@ -10,6 +10,9 @@ REASONS: tuple[str, ...]
 def quote(rulebook: Rulebook, request: Any) -> dict[str, Any]:
     """Price ``request``: same contract and results as ``settlement.pricing.quote``."""
 
+def prepare(rulebook: Rulebook) -> None:
+    """Compile ``rulebook`` for the kernel now (otherwise the first quote does it)."""
+
 def allocate(amount: int, weights: Sequence[int]) -> list[int]:
     """The contract's largest-remainder allocation (exposed for tests)."""
 

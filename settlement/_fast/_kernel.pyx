@@ -804,6 +804,11 @@ cdef void visit(Search* s, int start, int depth, int64_t total) noexcept nogil:
 
 # ---------------------------------------------------------------- quote
 
+def prepare(rulebook):
+    """Compile ``rulebook`` for the kernel now (otherwise the first quote does it)."""
+    rules_of(rulebook)
+
+
 def quote(rulebook, request):
     """Price ``request`` under ``rulebook``: same contract and results as ``settlement.pricing.quote``."""
     global _slow
