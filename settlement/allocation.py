@@ -10,6 +10,23 @@ def round_half_up_bp(amount: int, bp: int) -> int:
     return (amount * bp + 5000) // 10000
 
 
+def apportion(amount: int, weights: Sequence[int]) -> list[int]:
+    """Split ``amount >= 0`` in proportion to ``weights`` by the same largest-remainder rule,
+    without :func:`allocate`'s bound (``amount`` may exceed the weights: e.g. points
+    apportioned by cents). Zero total weight gets nothing, so ``amount`` must be 0 then."""
+    total = sum(weights)
+    if amount < 0 or (amount and total <= 0):
+        raise ValueError(f"cannot apportion {amount} over weights summing to {total}")
+    if amount == 0:
+        return [0] * len(weights)
+    parts = [amount * w // total for w in weights]
+    left = amount - sum(parts)
+    order = sorted(range(len(weights)), key=lambda i: (-(amount * weights[i] % total), i))
+    for i in order[:left]:
+        parts[i] += 1
+    return parts
+
+
 def allocate(amount: int, weights: Sequence[int]) -> list[int]:
     """Spread ``amount`` over ``weights`` (``0 <= amount <= sum(weights)``).
 

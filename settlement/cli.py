@@ -53,6 +53,24 @@ def _quote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from .ledger.db import create_ledger_engine, database_url
+    from .ledger.migrate import current_revision, upgrade
+
+    url = database_url(args.database_url)
+    try:
+        engine = create_ledger_engine(url)
+    except ValueError as exc:
+        return _fail(f"database: {exc}")
+    try:
+        upgrade(engine)
+        print(f"database at revision {current_revision(engine)}: "
+              f"{engine.url.render_as_string(hide_password=True)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _engine(_args: argparse.Namespace) -> int:
     import settlement
 
@@ -70,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.set_defaults(func=_quote)
     sub.add_parser("engine", help="print which engine implementation is active").set_defaults(
         func=_engine)
+    m = sub.add_parser("migrate", help="create or upgrade the ledger database schema")
+    m.add_argument("--database-url", help="default: $SETTLEMENT_DATABASE_URL, else "
+                   "sqlite:///settlement.db")
+    m.set_defaults(func=_migrate)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -45,6 +45,16 @@ class _PointsIn(StrictModel):
     redeem_points: bounded(1, 10**9)  # type: ignore[valid-type]
     redeem_cents: bounded(1, 10**9)  # type: ignore[valid-type]
     max_redeem_bp: Bp
+    expiry_days: bounded(1, 36500) | None = None  # type: ignore[valid-type]
+    referral_points: bounded(0, 10**9) = 0  # type: ignore[valid-type]
+
+
+class _RechargeRuleIn(StrictModel):
+    min_cents: bounded(1, 10**12)  # type: ignore[valid-type]
+    bonus_cents: _CENTS = 0  # type: ignore[valid-type]
+    bonus_points: bounded(0, 10**9) = 0  # type: ignore[valid-type]
+    bonus_coupons: list[Code] = []
+    coupon_valid_days: bounded(1, 3650) = 30  # type: ignore[valid-type]
 
 
 class _TierIn(StrictModel):
@@ -112,6 +122,7 @@ class _RulebookIn(StrictModel):
     member_prices: list[_MemberPriceIn] = []
     promotions: list[_PromotionIn] = []
     coupon_templates: list[_CouponTemplateIn] = []
+    recharge_rules: list[_RechargeRuleIn] = []
 
 
 # --------------------------------------------------------------------------
@@ -217,12 +228,25 @@ class CouponTemplate:
 
 @dataclass(frozen=True, slots=True)
 class PointsRules:
-    """Earning and redemption of points."""
+    """Earning and redemption of points; lots expire ``expiry_days`` after they are earned."""
 
     earn_per_yuan: int
     redeem_points: int
     redeem_cents: int
     max_redeem_bp: int
+    expiry_days: int | None = None
+    referral_points: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RechargeRule:
+    """Pay at least ``min_cents``, get a bonus (stored value, points, coupons)."""
+
+    min_cents: int
+    bonus_cents: int
+    bonus_points: int
+    bonus_coupons: tuple[str, ...]
+    coupon_valid_days: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +272,8 @@ class Rulebook:
     member_prices: Mapping[str, tuple[MemberPrice, ...]]
     promotions: tuple[Promotion, ...]
     coupon_templates: Mapping[str, CouponTemplate]
+    #: Sorted by ``min_cents``; the best match is the largest not above the amount.
+    recharge_rules: tuple[RechargeRule, ...] = ()
     source: str = "<rulebook>"
     #: Per-engine compiled forms, filled by the engines on first use.
     compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -255,6 +281,14 @@ class Rulebook:
     def store_rules(self, store: str) -> StoreRules:
         """The settings in force at ``store``."""
         return self.stores.get(store, self.store_defaults)
+
+    def recharge_rule(self, amount_cents: int) -> RechargeRule | None:
+        """The rule for a recharge of ``amount_cents``: the largest ``min_cents`` not above it."""
+        best = None
+        for rule in self.recharge_rules:
+            if rule.min_cents <= amount_cents:
+                best = rule
+        return best
 
 
 # --------------------------------------------------------------------------
@@ -453,10 +487,27 @@ def _compile(src: _RulebookIn, raw: Mapping[str, Any], source: str) -> Rulebook:
     points = None
     if src.points is not None:
         pt = src.points
-        points = PointsRules(pt.earn_per_yuan, pt.redeem_points, pt.redeem_cents, pt.max_redeem_bp)
+        points = PointsRules(pt.earn_per_yuan, pt.redeem_points, pt.redeem_cents,
+                             pt.max_redeem_bp, pt.expiry_days, pt.referral_points)
+
+    recharge_rules = []
+    seen_min: set[int] = set()
+    for i, rr in enumerate(src.recharge_rules):
+        where = f"recharge_rules[{i}]"
+        if rr.min_cents in seen_min:
+            raise RulebookError(f"{where}.min_cents", f"duplicate min_cents {rr.min_cents}")
+        seen_min.add(rr.min_cents)
+        for j, code in enumerate(rr.bonus_coupons):
+            if code not in templates:
+                raise RulebookError(f"{where}.bonus_coupons[{j}]",
+                                    f"unknown coupon template {code!r}")
+        recharge_rules.append(RechargeRule(rr.min_cents, rr.bonus_cents, rr.bonus_points,
+                                           tuple(rr.bonus_coupons), rr.coupon_valid_days))
+    recharge_rules.sort(key=lambda rule: rule.min_cents)
 
     return Rulebook(
         version=src.version, timezone=src.timezone, zone=zone, store_defaults=defaults,
         stores=stores, points=points, tiers=tiers, categories=categories,
         member_prices={k: tuple(v) for k, v in member_prices.items()},
-        promotions=tuple(promotions), coupon_templates=templates, source=source)
+        promotions=tuple(promotions), coupon_templates=templates,
+        recharge_rules=tuple(recharge_rules), source=source)

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 
 import settlement
 from settlement import pricing
+from tests.pgcluster import postgres_cluster  # noqa: F401  (registers the session fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_EXAMPLES = ROOT.parent / "shared" / "spec" / "examples"
@@ -77,3 +78,18 @@ def make_rulebook(body: str = "", *, version: str = "t-1",
     """A rulebook from a TOML fragment, with ``version`` and ``timezone`` filled in."""
     return settlement.rulebook_from_toml(
         f'version = "{version}"\ntimezone = "{timezone}"\n{body}')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty ledger database URL: a SQLite file, or a new database in the
+    session's throwaway PostgreSQL cluster (skips loudly, or fails under
+    ``SETTLEMENT_REQUIRE_POSTGRES=1``, when PostgreSQL is not installed)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    from uuid import uuid4
+
+    cluster = request.getfixturevalue("postgres_cluster")
+    name = f"t_{uuid4().hex[:12]}"
+    cluster.create_database(name)
+    return cluster.url(dbname=name)

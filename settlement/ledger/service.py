@@ -1,0 +1,493 @@
+"""The ledger's operations, as a domain service (no gRPC here).
+
+Every mutating operation takes the caller's ``store`` and idempotency
+``key`` and runs in one database transaction: claim the key, lock the
+member's row, check, write the effects and the journal, store the response.
+A retry with the same key and request returns the stored response; the same
+key with another request is an :class:`IdempotencyConflict`.
+
+Concurrency: each operation locks its member's row (``SELECT ... FOR
+UPDATE`` on PostgreSQL; SQLite serializes writers with ``BEGIN
+IMMEDIATE``), so one member's operations run one at a time while different
+members never wait on each other (system balances are not cached rows).
+Conditional balance updates and CHECK constraints stand behind the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+import settlement
+from settlement.allocation import allocate, apportion
+from settlement.rulebook import Rulebook
+from settlement.timeutil import parse_instant
+
+from . import schema
+from .errors import Conflict, InsufficientBalance, LedgerError, NotFound
+from .idempotency import claim, record, request_hash
+from .journal import Transaction, account, balance, system
+
+DAY_US = 86_400 * 1_000_000
+CARD_TYPES = ("free", "paid", "tiered", "internal")
+
+
+class PriceChanged(LedgerError):
+    """``expected_payable_cents`` differs from the price now; ``receipt`` is the new one."""
+
+    def __init__(self, expected: int, receipt: dict[str, Any]) -> None:
+        super().__init__(f"price changed: expected {expected}, now {receipt['payable_cents']}")
+        self.receipt = receipt
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:20]}"
+
+
+class Ledger:
+    """Member ledger over one database and one rulebook.
+
+    ``clock`` returns the current instant in epoch microseconds (tests pass a
+    fixed one).
+    """
+
+    def __init__(self, engine: Engine, rulebook: Rulebook,
+                 clock: Callable[[], int] | None = None) -> None:
+        self.engine = engine
+        self.rulebook = rulebook
+        self.clock = clock or (lambda: time.time_ns() // 1000)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _idempotent(self, store: str, key: str, operation: str, request: Any,
+                    body: Callable[[Connection, int], dict[str, Any]]) -> dict[str, Any]:
+        if not key:
+            raise ValueError("idempotency key is required")
+        digest = request_hash(operation, request)
+        with self.engine.begin() as conn:
+            now = self.clock()
+            stored = claim(conn, store, key, operation, digest, now)
+            if stored is not None:
+                return stored
+            response = body(conn, now)
+            record(conn, store, key, response)
+            return response
+
+    def _lock_member(self, conn: Connection, member_id: str) -> Any:
+        query = select(schema.members).where(schema.members.c.id == member_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"member {member_id!r} not found")
+        return row
+
+    def _member_of_card(self, conn: Connection, card_no: str) -> str:
+        row = conn.execute(select(schema.cards).where(schema.cards.c.card_no == card_no)).first()
+        if row is None:
+            raise NotFound(f"card {card_no!r} not found")
+        if row.status != "active":
+            raise Conflict(f"card {card_no!r} is {row.status}")
+        return str(row.member_id)
+
+    def _lowest_tier(self) -> str:
+        tiers = sorted(self.rulebook.tiers.values(), key=lambda t: t.rank)
+        if not tiers:
+            raise LedgerError("the rulebook defines no tiers")
+        return tiers[0].code
+
+    def _grant_points(self, conn: Connection, tx: Transaction, member_id: str, points: int,
+                      now: int) -> list[tuple[str, int, int | None]]:
+        """Queue a points grant on ``tx``; returns the lot to create after ``tx`` is written."""
+        if points <= 0:
+            return []
+        tx.move(system(conn, "points_issued"), account(conn, member_id, "points"), points)
+        days = self.rulebook.points.expiry_days if self.rulebook.points else None
+        return [(member_id, points, now + days * DAY_US if days else None)]
+
+    @staticmethod
+    def _write_lots(conn: Connection, tx_id: int, lots: list[tuple[str, int, int | None]],
+                    now: int) -> None:
+        for member_id, points, expires in lots:
+            conn.execute(insert(schema.points_lots).values(
+                member_id=member_id, points=points, remaining=points, expires_us=expires,
+                tx_id=tx_id, created_us=now))
+
+    # ------------------------------------------------------------------ members
+
+    def enroll(self, store: str, key: str, *, phone: str | None = None,
+               member_id: str | None = None, card_no: str | None = None,
+               tier: str | None = None, card_type: str = "free", birthday: str | None = None,
+               referrer_id: str | None = None, paid_from_us: int | None = None,
+               paid_until_us: int | None = None) -> dict[str, Any]:
+        """Enrol a member with a first card; a referrer and the new member both get the
+        rulebook's ``referral_points``."""
+        request = {"phone": phone, "member_id": member_id, "card_no": card_no, "tier": tier,
+                   "card_type": card_type, "birthday": birthday, "referrer_id": referrer_id,
+                   "paid_from_us": paid_from_us, "paid_until_us": paid_until_us}
+        if card_type not in CARD_TYPES:
+            raise ValueError(f"card_type: must be one of {', '.join(CARD_TYPES)}")
+        if tier is not None and tier not in self.rulebook.tiers:
+            raise ValueError(f"tier: unknown tier {tier!r}")
+
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            mid = member_id or _new_id("M")
+            card = card_no or _new_id("K")
+            if referrer_id is not None:
+                self._lock_member(conn, referrer_id)
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(schema.members).values(
+                        id=mid, phone=phone, tier=tier or self._lowest_tier(),
+                        card_type=card_type, birthday=birthday, referrer_id=referrer_id,
+                        paid_from_us=paid_from_us, paid_until_us=paid_until_us,
+                        created_us=now))
+                    conn.execute(insert(schema.cards).values(
+                        card_no=card, member_id=mid, issued_us=now, status_us=now))
+            except IntegrityError:
+                raise Conflict("member id, phone or card number already in use") from None
+            for kind in ("points", "sv_principal", "sv_bonus"):
+                account(conn, mid, kind)
+            referral = self.rulebook.points.referral_points if self.rulebook.points else 0
+            if referrer_id is not None and referral:
+                tx = Transaction("referral", mid, store, now)
+                lots = (self._grant_points(conn, tx, mid, referral, now)
+                        + self._grant_points(conn, tx, referrer_id, referral, now))
+                self._write_lots(conn, tx.write(conn), lots, now)
+            return {"member_id": mid, "card_no": card}
+
+        return self._idempotent(store, key, "enroll", request, body)
+
+    def get_member(self, *, member_id: str | None = None, phone: str | None = None,
+                   card_no: str | None = None, at_us: int | None = None) -> dict[str, Any]:
+        """A member's state by id, phone or card number (balances, coupons, cards)."""
+        with self.engine.connect() as conn:
+            if card_no is not None:
+                row = conn.execute(select(schema.cards.c.member_id)
+                                   .where(schema.cards.c.card_no == card_no)).first()
+                member_id = row.member_id if row else None
+            elif phone is not None:
+                row = conn.execute(select(schema.members.c.id)
+                                   .where(schema.members.c.phone == phone)).first()
+                member_id = row.id if row else None
+            if member_id is None:
+                raise NotFound("member not found")
+            m = conn.execute(select(schema.members)
+                             .where(schema.members.c.id == member_id)).first()
+            if m is None:
+                raise NotFound(f"member {member_id!r} not found")
+            return self._state(conn, m, self.clock() if at_us is None else at_us)
+
+    def _state(self, conn: Connection, m: Any, at: int) -> dict[str, Any]:
+        lots = conn.execute(select(schema.points_lots.c.remaining, schema.points_lots.c.expires_us)
+                            .where(schema.points_lots.c.member_id == m.id,
+                                   schema.points_lots.c.remaining > 0)).all()
+        usable = sum(r.remaining for r in lots if r.expires_us is None or r.expires_us > at)
+        coupons = conn.execute(select(schema.coupons).where(
+            schema.coupons.c.member_id == m.id, schema.coupons.c.state == "available")
+            .order_by(schema.coupons.c.id)).all()
+        cards = conn.execute(select(schema.count_cards)
+                             .where(schema.count_cards.c.member_id == m.id)
+                             .order_by(schema.count_cards.c.id)).all()
+        return {
+            "member_id": m.id, "phone": m.phone, "tier": m.tier, "card_type": m.card_type,
+            "cumulative_spend_cents": m.cumulative_spend_cents,
+            "points_balance": usable,
+            "points_total": balance(conn, m.id, "points"),
+            "points_debt": m.points_debt,
+            "sv_principal_cents": balance(conn, m.id, "sv_principal"),
+            "sv_bonus_cents": balance(conn, m.id, "sv_bonus"),
+            "coupons": [{"id": c.id, "template": c.template, "valid_from_us": c.valid_from_us,
+                         "valid_until_us": c.valid_until_us} for c in coupons],
+            "count_cards": [{"id": k.id, "skus": json.loads(k.skus),
+                             "uses": balance(conn, m.id, "count_card", k.id),
+                             "valid_until_us": k.valid_until_us} for k in cards],
+        }
+
+    # ------------------------------------------------------------------ coupons, recharge
+
+    def issue_coupon(self, store: str, key: str, member_id: str, template: str, *,
+                     coupon_id: str | None = None, valid_from_us: int | None = None,
+                     valid_until_us: int | None = None) -> dict[str, Any]:
+        """Give a member a coupon of ``template``."""
+        if template not in self.rulebook.coupon_templates:
+            raise ValueError(f"template: unknown coupon template {template!r}")
+        request = {"member_id": member_id, "template": template, "coupon_id": coupon_id,
+                   "valid_from_us": valid_from_us, "valid_until_us": valid_until_us}
+
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            self._lock_member(conn, member_id)
+            cid = coupon_id or _new_id("CP")
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(schema.coupons).values(
+                        id=cid, member_id=member_id, template=template,
+                        valid_from_us=valid_from_us, valid_until_us=valid_until_us,
+                        source="issued", issued_us=now))
+            except IntegrityError:
+                raise Conflict(f"coupon id {cid!r} already exists") from None
+            return {"coupon_id": cid}
+
+        return self._idempotent(store, key, "issue_coupon", request, body)
+
+    def recharge(self, store: str, key: str, member_id: str, amount_cents: int) -> dict[str, Any]:
+        """Pay ``amount_cents`` into stored value; the best ``[[recharge_rules]]`` entry adds
+        bonus stored value, points and coupons."""
+        if not isinstance(amount_cents, int) or not 0 < amount_cents <= 10**12:
+            raise ValueError("amount_cents: must be 1..10^12")
+        request = {"member_id": member_id, "amount_cents": amount_cents}
+
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            self._lock_member(conn, member_id)
+            rule = self.rulebook.recharge_rule(amount_cents)
+            rid = _new_id("R")
+            tx = Transaction("recharge", rid, store, now)
+            tx.move(system(conn, "sv_cash_in"), account(conn, member_id, "sv_principal"),
+                    amount_cents)
+            bonus = rule.bonus_cents if rule else 0
+            tx.move(system(conn, "sv_bonus_granted"), account(conn, member_id, "sv_bonus"), bonus)
+            lots = self._grant_points(conn, tx, member_id, rule.bonus_points if rule else 0, now)
+            tx_id = tx.write(conn)
+            self._write_lots(conn, tx_id, lots, now)
+            coupons = []
+            for i, template in enumerate(rule.bonus_coupons if rule else ()):
+                cid = f"{rid}-{i}"
+                conn.execute(insert(schema.coupons).values(
+                    id=cid, member_id=member_id, template=template, valid_from_us=now,
+                    valid_until_us=now + rule.coupon_valid_days * DAY_US if rule else None,
+                    source=f"recharge:{rid}", issued_us=now))
+                coupons.append(cid)
+            conn.execute(insert(schema.recharges).values(
+                id=rid, member_id=member_id, store=store, amount_cents=amount_cents,
+                bonus_cents=bonus, bonus_points=rule.bonus_points if rule else 0,
+                rule_min_cents=rule.min_cents if rule else None, tx_id=tx_id, created_us=now))
+            return {"recharge_id": rid, "amount_cents": amount_cents, "bonus_cents": bonus,
+                    "bonus_points": rule.bonus_points if rule else 0, "bonus_coupons": coupons}
+
+        return self._idempotent(store, key, "recharge", request, body)
+
+    def issue_count_card(self, store: str, key: str, member_id: str, card_id: str,
+                         skus: list[str], uses: int,
+                         valid_until_us: int | None = None) -> dict[str, Any]:
+        """Sell or give a member a count card: ``uses`` of ``skus`` until ``valid_until_us``."""
+        if not skus or not all(isinstance(s, str) and s for s in skus):
+            raise ValueError("skus: must be a non-empty list of SKU codes")
+        if not isinstance(uses, int) or not 0 < uses <= 10**9:
+            raise ValueError("uses: must be 1..10^9")
+        request = {"member_id": member_id, "card_id": card_id, "skus": skus, "uses": uses,
+                   "valid_until_us": valid_until_us}
+
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            self._lock_member(conn, member_id)
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(schema.count_cards).values(
+                        id=card_id, member_id=member_id, skus=json.dumps(sorted(set(skus))),
+                        valid_until_us=valid_until_us, issued_us=now))
+            except IntegrityError:
+                raise Conflict(f"count card {card_id!r} already exists") from None
+            tx = Transaction("count_card", card_id, store, now)
+            tx.move(system(conn, "uses_issued"), account(conn, member_id, "count_card", card_id),
+                    uses)
+            tx.write(conn)
+            return {"count_card_id": card_id, "uses": uses}
+
+        return self._idempotent(store, key, "issue_count_card", request, body)
+
+    # ------------------------------------------------------------------ settle
+
+    def settle(self, store: str, key: str, request: Mapping[str, Any],
+               terminal: str | None = None) -> dict[str, Any]:
+        """Price a basket against the member's state and apply it, exactly once.
+
+        ``request`` is the pricing contract's request without ``member`` and
+        ``store``: ``member_id`` or ``card_no`` (or neither, a walk-in),
+        ``lines``, ``coupon_ids`` or ``auto_coupons``, ``redeem_points``,
+        ``pay_stored_value_cents``, optional ``at`` (default: now) and
+        ``expected_payable_cents``. The response is the receipt plus
+        ``settlement_id``.
+        """
+        payload = dict(request)
+
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            return self._settle(conn, now, store, terminal, payload)
+
+        return self._idempotent(store, key, "settle", {"request": payload, "terminal": terminal},
+                                body)
+
+    def _settle(self, conn: Connection, now: int, store: str, terminal: str | None,
+                req: dict[str, Any]) -> dict[str, Any]:
+        rb = self.rulebook
+        at = parse_instant(req["at"]) if req.get("at") is not None else now
+        member_id = req.get("member_id")
+        if req.get("card_no") is not None:
+            carded = self._member_of_card(conn, req["card_no"])
+            if member_id is not None and member_id != carded:
+                raise Conflict("card_no belongs to another member")
+            member_id = carded
+        quote_req = {k: v for k, v in req.items()
+                     if k not in ("member_id", "card_no", "expected_payable_cents")}
+        quote_req["store"] = store
+        quote_req["at"] = req.get("at") or _iso(at)
+        m = None
+        lots: Any = []
+        if member_id is not None:
+            m = self._lock_member(conn, member_id)
+            state = self._state(conn, m, at)
+            quote_req["member"] = {
+                "id": m.id, "tier": self._effective_tier(m, at),
+                "points_balance": state["points_balance"],
+                "stored_value_cents": state["sv_principal_cents"] + state["sv_bonus_cents"],
+                "coupons": [{"id": c["id"], "template": c["template"],
+                             "valid_from": _iso_or_none(c["valid_from_us"]),
+                             "valid_until": _iso_or_none(c["valid_until_us"])}
+                            for c in state["coupons"]],
+                "count_cards": [{"id": k["id"], "skus": k["skus"], "uses": k["uses"],
+                                 "valid_until": _iso_or_none(k["valid_until_us"])}
+                                for k in state["count_cards"]],
+            }
+            lots = conn.execute(
+                select(schema.points_lots).where(
+                    schema.points_lots.c.member_id == m.id, schema.points_lots.c.remaining > 0)
+            ).all()
+        receipt = settlement.quote(rb, quote_req)
+        expected = req.get("expected_payable_cents")
+        if expected is not None and expected != receipt["payable_cents"]:
+            raise PriceChanged(expected, receipt)
+        wanted_sv = min(req.get("pay_stored_value_cents") or 0, receipt["payable_cents"])
+        if m is not None and receipt["stored_value_cents"] < wanted_sv:
+            raise InsufficientBalance(m.id, "stored_value", "",
+                                      wanted_sv - receipt["stored_value_cents"])
+
+        sid = _new_id("S")
+        tx = Transaction("settle", sid, store, now)
+        n = len(receipt["lines"])
+        sv_principal = sv_bonus = 0
+        line_points_redeemed = [0] * n
+        line_points_earned = [0] * n
+        line_sv = [0] * n
+        line_sv_bonus = [0] * n
+        new_lots: list[tuple[str, int, int | None]] = []
+        if m is not None:
+            for c in receipt["applied_coupons"]:
+                done = conn.execute(update(schema.coupons).where(
+                    schema.coupons.c.id == c["id"], schema.coupons.c.member_id == m.id,
+                    schema.coupons.c.state == "available").values(
+                    state="redeemed", settlement_id=sid)).rowcount
+                if done != 1:
+                    raise Conflict(f"coupon {c['id']!r} is no longer available")
+            redeemed = receipt["points_redeemed"]
+            if redeemed:
+                self._spend_lots(conn, lots, redeemed, at)
+                tx.move(account(conn, m.id, "points"), system(conn, "points_redeemed"), redeemed)
+                line_points_redeemed = apportion(
+                    redeemed, [ln["points_offset_cents"] for ln in receipt["lines"]])
+            used = receipt["stored_value_cents"]
+            if used:
+                principal = balance(conn, m.id, "sv_principal")
+                bonus = balance(conn, m.id, "sv_bonus")
+                sv_bonus = used * bonus // (principal + bonus)
+                sv_principal = used - sv_bonus
+                tx.move(account(conn, m.id, "sv_principal"), system(conn, "sv_spent"),
+                        sv_principal)
+                tx.move(account(conn, m.id, "sv_bonus"), system(conn, "sv_spent"), sv_bonus)
+                line_sv = allocate(used, [ln["net_cents"] for ln in receipt["lines"]])
+                line_sv_bonus = allocate(sv_bonus, line_sv)
+            for card in receipt["count_cards_used"]:
+                tx.move(account(conn, m.id, "count_card", card["id"]),
+                        system(conn, "uses_spent"), card["uses"])
+            earned = receipt["points_earned"]
+            if earned:
+                new_lots = self._grant_points(conn, tx, m.id, earned, now)
+                earning = [ln["net_cents"] if self._earns(line) else 0
+                           for ln, line in zip(receipt["lines"], req["lines"], strict=True)]
+                line_points_earned = apportion(earned, earning)
+            self._add_spend(conn, m, receipt["payable_cents"])
+        tx_id = tx.write(conn)
+        self._write_lots(conn, tx_id, new_lots, now)
+        conn.execute(insert(schema.settlements).values(
+            id=sid, store=store, terminal=terminal, member_id=m.id if m is not None else None,
+            at_us=at, rulebook_version=rb.version,
+            gross_cents=receipt["gross_cents"], count_card_cents=receipt["count_card_cents"],
+            item_discount_cents=receipt["item_discount_cents"],
+            coupon_discount_cents=receipt["coupon_discount_cents"],
+            points_offset_cents=receipt["points_offset_cents"],
+            rounding_cents=receipt["rounding_cents"], payable_cents=receipt["payable_cents"],
+            stored_value_cents=receipt["stored_value_cents"], sv_bonus_cents=sv_bonus,
+            due_cents=receipt["due_cents"], points_redeemed=receipt["points_redeemed"],
+            points_earned=receipt["points_earned"],
+            receipt=json.dumps(receipt, separators=(",", ":"), ensure_ascii=False),
+            tx_id=tx_id, created_us=now))
+        conn.execute(insert(schema.settlement_lines), [
+            {"settlement_id": sid, "line_no": i, "sku": line["sku"], "category": line["category"],
+             "unit_price_cents": line["unit_price_cents"], "quantity": line["quantity"],
+             "count_card_id": line.get("count_card_id"), **ln,
+             "sv_principal_cents": line_sv[i] - line_sv_bonus[i],
+             "sv_bonus_cents": line_sv_bonus[i], "points_redeemed": line_points_redeemed[i],
+             "points_earned": line_points_earned[i]}
+            for i, (line, ln) in enumerate(zip(req["lines"], receipt["lines"], strict=True))])
+        return {**receipt, "settlement_id": sid}
+
+    def _earns(self, line: Mapping[str, Any]) -> bool:
+        cat = self.rulebook.categories.get(line["category"])
+        return cat is None or cat.earns_points
+
+    def _effective_tier(self, m: Any, at: int) -> str:
+        """A paid card's tier applies only within its paid period; otherwise the lowest."""
+        if m.card_type == "paid":
+            inside = ((m.paid_from_us is None or m.paid_from_us <= at)
+                      and (m.paid_until_us is None or at < m.paid_until_us))
+            if not inside:
+                return self._lowest_tier()
+        return str(m.tier)
+
+    @staticmethod
+    def _spend_lots(conn: Connection, lots: list[Any], points: int, at: int) -> None:
+        """Spend ``points`` from unexpired lots, earliest expiry first (no expiry last)."""
+        usable = sorted((lot for lot in lots if lot.expires_us is None or lot.expires_us > at),
+                        key=lambda lot: (lot.expires_us is None, lot.expires_us or 0, lot.id))
+        left = points
+        for lot in usable:
+            if left == 0:
+                break
+            take = min(left, lot.remaining)
+            done = conn.execute(update(schema.points_lots).where(
+                schema.points_lots.c.id == lot.id, schema.points_lots.c.remaining >= take)
+                .values(remaining=schema.points_lots.c.remaining - take)).rowcount
+            if done != 1:
+                raise Conflict("points lots changed concurrently")
+            left -= take
+        if left:
+            raise InsufficientBalance(str(lots[0].member_id) if lots else "?", "points", "", left)
+
+    def _add_spend(self, conn: Connection, m: Any, payable: int) -> None:
+        """Cumulative spend; a ``tiered`` card moves up when it crosses ``upgrade_at_cents``
+        (the new tier applies from the next settlement on)."""
+        spend = m.cumulative_spend_cents + payable
+        values: dict[str, Any] = {"cumulative_spend_cents": spend}
+        if m.card_type == "tiered":
+            current = self.rulebook.tiers.get(m.tier)
+            reachable = [t for t in self.rulebook.tiers.values()
+                         if t.upgrade_at_cents <= spend
+                         and (current is None or t.rank > current.rank)]
+            if reachable:
+                values["tier"] = max(reachable, key=lambda t: t.rank).code
+        conn.execute(update(schema.members).where(schema.members.c.id == m.id).values(**values))
+
+
+def _iso(micros: int) -> str:
+    from datetime import datetime, timedelta
+
+    return (datetime(1970, 1, 1, tzinfo=UTC)
+            + timedelta(microseconds=micros)).isoformat()
+
+
+def _iso_or_none(micros: int | None) -> str | None:
+    return None if micros is None else _iso(micros)
