@@ -53,15 +53,39 @@ def _quote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .ledger.db import create_ledger_engine
+
+    try:
+        return create_ledger_engine(args.database_url, config=args.config)
+    except ValueError as exc:
+        raise SystemExit(_fail(f"database: {exc}")) from None
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .ledger.migrate import current_revision
+    from .ledger.verify import verify
+
+    engine = _ledger_engine(args)
+    try:
+        if current_revision(engine) is None:
+            return _fail("database: no ledger schema here (run `settlement migrate`)")
+        with engine.connect() as conn:
+            problem = verify(conn)
+    finally:
+        engine.dispose()
+    if problem is not None:
+        print(f"settlement verify: FAILED: {problem}", file=sys.stderr)
+        return 1
+    print("settlement verify: ok (journal balanced per asset, balances match postings, "
+          "no negative balance, lots match points, settlements add up)")
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
-    from .ledger.db import create_ledger_engine, database_url
     from .ledger.migrate import current_revision, upgrade
 
-    url = database_url(args.database_url)
-    try:
-        engine = create_ledger_engine(url)
-    except ValueError as exc:
-        return _fail(f"database: {exc}")
+    engine = _ledger_engine(args)
     try:
         upgrade(engine)
         print(f"database at revision {current_revision(engine)}: "
@@ -88,10 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.set_defaults(func=_quote)
     sub.add_parser("engine", help="print which engine implementation is active").set_defaults(
         func=_engine)
-    m = sub.add_parser("migrate", help="create or upgrade the ledger database schema")
-    m.add_argument("--database-url", help="default: $SETTLEMENT_DATABASE_URL, else "
-                   "sqlite:///settlement.db")
-    m.set_defaults(func=_migrate)
+    for name, func, text in (
+            ("migrate", _migrate, "create or upgrade the ledger database schema"),
+            ("verify", _verify, "check the journal's invariants; exit 1 on the first violation")):
+        m = sub.add_parser(name, help=text)
+        m.add_argument("--database-url", help="default: $SETTLEMENT_DATABASE_URL, else the "
+                       "config file's [database] url, else sqlite:///settlement.db")
+        m.add_argument("--config", help="a TOML config file (default: $SETTLEMENT_CONFIG)")
+        m.set_defaults(func=func)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -11,6 +11,7 @@ connection pool.
 from __future__ import annotations
 
 import os
+import tomllib
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -18,14 +19,33 @@ from sqlalchemy.engine import make_url
 DEFAULT_URL = "sqlite:///settlement.db"
 
 
-def database_url(explicit: str | None = None) -> str:
-    """The database URL: ``explicit``, else ``SETTLEMENT_DATABASE_URL``, else the SQLite default."""
-    return explicit or os.environ.get("SETTLEMENT_DATABASE_URL") or DEFAULT_URL
+def database_url(explicit: str | None = None, config: str | None = None) -> str:
+    """The database URL, first found of: ``explicit``; ``SETTLEMENT_DATABASE_URL``;
+    ``[database] url`` in the config file (``config``, else ``SETTLEMENT_CONFIG``); the
+    SQLite default ``sqlite:///settlement.db``."""
+    if explicit:
+        return explicit
+    if os.environ.get("SETTLEMENT_DATABASE_URL"):
+        return os.environ["SETTLEMENT_DATABASE_URL"]
+    path = config or os.environ.get("SETTLEMENT_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                settings = tomllib.load(handle)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"config {path}: {exc}") from None
+        url = settings.get("database", {}).get("url")
+        if url is not None:
+            if not isinstance(url, str) or not url:
+                raise ValueError(f"config {path}: database.url must be a non-empty string")
+            return url
+    return DEFAULT_URL
 
 
-def create_ledger_engine(url: str | None = None, *, pool_size: int = 10) -> Engine:
+def create_ledger_engine(url: str | None = None, *, pool_size: int = 10,
+                         config: str | None = None) -> Engine:
     """An engine for the ledger database at ``url`` (see :func:`database_url`)."""
-    url = database_url(url)
+    url = database_url(url, config)
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30})

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import InsufficientBalance
 from .schema import SYSTEM, accounts, journal_postings, journal_transactions
@@ -60,9 +61,12 @@ def account(conn: Connection, owner: str, kind: str, ref: str = "") -> Account:
     where = (accounts.c.owner == owner, accounts.c.kind == kind, accounts.c.ref == ref)
     row = conn.execute(select(accounts.c.id).where(*where)).first()
     if row is None:
-        conn.execute(insert(accounts).values(
+        # Two transactions may create the same account at once (a system account on two
+        # members' first operations): ON CONFLICT waits for the other and then reads its row.
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(dialect.insert(accounts).values(
             owner=owner, kind=kind, ref=ref, asset=asset,
-            balance=None if owner == SYSTEM else 0))
+            balance=None if owner == SYSTEM else 0).on_conflict_do_nothing())
         row = conn.execute(select(accounts.c.id).where(*where)).one()
     return Account(row.id, owner, kind, ref, asset)
 

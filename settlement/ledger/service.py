@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -113,11 +113,13 @@ class Ledger:
         return [(member_id, points, now + days * DAY_US if days else None)]
 
     @staticmethod
-    def _write_lots(conn: Connection, tx_id: int, lots: list[tuple[str, int, int | None]],
-                    now: int) -> None:
-        for member_id, points, expires in lots:
+    def _write_lots(conn: Connection, tx_id: int, lots: list[Any], now: int) -> None:
+        """Create points lots ``(member, points, expires_us[, remaining])``."""
+        for lot in lots:
+            member_id, points, expires = lot[:3]
+            remaining = lot[3] if len(lot) > 3 else points
             conn.execute(insert(schema.points_lots).values(
-                member_id=member_id, points=points, remaining=points, expires_us=expires,
+                member_id=member_id, points=points, remaining=remaining, expires_us=expires,
                 tx_id=tx_id, created_us=now))
 
     # ------------------------------------------------------------------ members
@@ -374,7 +376,7 @@ class Ledger:
         line_points_earned = [0] * n
         line_sv = [0] * n
         line_sv_bonus = [0] * n
-        new_lots: list[tuple[str, int, int | None]] = []
+        new_lots: list[Any] = []
         if m is not None:
             for c in receipt["applied_coupons"]:
                 done = conn.execute(update(schema.coupons).where(
@@ -406,6 +408,13 @@ class Ledger:
             earned = receipt["points_earned"]
             if earned:
                 new_lots = self._grant_points(conn, tx, m.id, earned, now)
+                repay = min(m.points_debt, earned)
+                if repay:  # earned points first pay off a refund's points debt
+                    tx.move(account(conn, m.id, "points"), system(conn, "points_clawed_back"),
+                            repay)
+                    new_lots = [(m.id, earned, new_lots[0][2], earned - repay)]
+                    conn.execute(update(schema.members).where(schema.members.c.id == m.id)
+                                 .values(points_debt=schema.members.c.points_debt - repay))
                 earning = [ln["net_cents"] if self._earns(line) else 0
                            for ln, line in zip(receipt["lines"], req["lines"], strict=True)]
                 line_points_earned = apportion(earned, earning)
@@ -435,6 +444,271 @@ class Ledger:
             for i, (line, ln) in enumerate(zip(req["lines"], receipt["lines"], strict=True))])
         return {**receipt, "settlement_id": sid}
 
+    # ------------------------------------------------------------------ refund, void
+
+    def refund(self, store: str, key: str, settlement_id: str,
+               lines: list[Mapping[str, int]] | None = None) -> dict[str, Any]:
+        """Refund ``lines`` (``[{"line_no", "quantity"}]``) of a settlement, or all that is
+        left when ``lines`` is None. See ``docs/ledger-notes.md`` for what comes back."""
+        request = {"settlement_id": settlement_id,
+                   "lines": None if lines is None else [dict(x) for x in lines]}
+
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            return self._refund(conn, now, store, settlement_id, lines, void=False)
+
+        return self._idempotent(store, key, "refund", request, body)
+
+    def void(self, store: str, key: str, settlement_id: str) -> dict[str, Any]:
+        """Cancel a settlement that has no refunds yet: a full refund, marked voided."""
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            return self._refund(conn, now, store, settlement_id, None, void=True)
+
+        return self._idempotent(store, key, "void", {"settlement_id": settlement_id}, body)
+
+    def _refund(self, conn: Connection, now: int, store: str, sid: str,
+                wanted: list[Mapping[str, int]] | None, void: bool) -> dict[str, Any]:
+        head = conn.execute(select(schema.settlements.c.member_id)
+                            .where(schema.settlements.c.id == sid)).first()
+        if head is None:
+            raise NotFound(f"settlement {sid!r} not found")
+        m = self._lock_member(conn, head.member_id) if head.member_id is not None else None
+        s = conn.execute(select(schema.settlements).where(schema.settlements.c.id == sid)).one()
+        if s.status == "voided":
+            raise Conflict(f"settlement {sid!r} is voided")
+        rows = {r.line_no: r for r in conn.execute(select(schema.settlement_lines).where(
+            schema.settlement_lines.c.settlement_id == sid))}
+        if void and any(r.refunded_quantity for r in rows.values()):
+            raise Conflict(f"settlement {sid!r} has refunds: refund the rest instead of voiding")
+        if wanted is None:
+            plan = {n: r.quantity - r.refunded_quantity for n, r in rows.items()
+                    if r.quantity > r.refunded_quantity}
+        else:
+            plan = {}
+            for i, item in enumerate(wanted):
+                n, k = item.get("line_no"), item.get("quantity")
+                if n not in rows or n in plan:
+                    raise ValueError(f"lines[{i}].line_no: no such line, or named twice")
+                left = rows[n].quantity - rows[n].refunded_quantity
+                if not isinstance(k, int) or not 0 < k <= left:
+                    raise ValueError(f"lines[{i}].quantity: must be 1..{left} (units not yet "
+                                     "refunded)")
+                plan[n] = k
+        if not plan:
+            raise Conflict(f"settlement {sid!r} is fully refunded")
+
+        rid = _new_id("F")
+        tx = Transaction("void" if void else "refund", rid, store, now)
+        out_lines = []
+        totals = dict.fromkeys(("net", "coupon", "offset", "svp", "svb", "pts_back",
+                                "pts_taken", "uses"), 0)
+        for n in sorted(plan):
+            r, k = rows[n], plan[n]
+            q, done = r.quantity, r.refunded_quantity
+
+            def part(amount: int, q: int = q, done: int = done, k: int = k) -> int:
+                return amount * (done + k) // q - amount * done // q
+
+            line = {"line_no": n, "quantity": k, "net_cents": part(r.net_cents),
+                    "coupon_discount_cents": part(r.coupon_discount_cents),
+                    "points_offset_cents": part(r.points_offset_cents),
+                    "sv_principal_cents": part(r.sv_principal_cents),
+                    "sv_bonus_cents": part(r.sv_bonus_cents),
+                    "points_returned": part(r.points_redeemed),
+                    "points_taken_back": part(r.points_earned)}
+            out_lines.append(line)
+            for name, field in (("net", "net_cents"), ("coupon", "coupon_discount_cents"),
+                                ("offset", "points_offset_cents"), ("svp", "sv_principal_cents"),
+                                ("svb", "sv_bonus_cents"), ("pts_back", "points_returned"),
+                                ("pts_taken", "points_taken_back")):
+                totals[name] += line[field]
+            if r.count_card_id is not None and m is not None:
+                tx.move(system(conn, "uses_spent"),
+                        account(conn, m.id, "count_card", r.count_card_id), k)
+            conn.execute(update(schema.settlement_lines).where(
+                schema.settlement_lines.c.settlement_id == sid,
+                schema.settlement_lines.c.line_no == n,
+                schema.settlement_lines.c.refunded_quantity == done)
+                .values(refunded_quantity=done + k))
+        new_lots: list[Any] = []
+        debt = 0
+        if m is not None:
+            tx.move(system(conn, "sv_spent"), account(conn, m.id, "sv_principal"), totals["svp"])
+            tx.move(system(conn, "sv_spent"), account(conn, m.id, "sv_bonus"), totals["svb"])
+            if totals["pts_back"]:
+                new_lots = self._grant_back(conn, tx, m.id, totals["pts_back"], now)
+            taken = totals["pts_taken"]
+            if taken:
+                lots = conn.execute(select(schema.points_lots).where(
+                    schema.points_lots.c.member_id == m.id,
+                    schema.points_lots.c.remaining > 0)).all()
+                usable = sum(lot.remaining for lot in lots
+                             if lot.expires_us is None or lot.expires_us > now)
+                take = min(taken, usable)
+                debt = taken - take
+                if take:
+                    self._spend_lots(conn, lots, take, now)
+                    tx.move(account(conn, m.id, "points"), system(conn, "points_clawed_back"),
+                            take)
+            conn.execute(update(schema.members).where(schema.members.c.id == m.id).values(
+                cumulative_spend_cents=schema.members.c.cumulative_spend_cents
+                - min(totals["net"], m.cumulative_spend_cents),
+                points_debt=schema.members.c.points_debt + debt))
+        tx_id = tx.write(conn)
+        self._write_lots(conn, tx_id, new_lots, now)
+        fully = all(rows[n].refunded_quantity + plan.get(n, 0) == rows[n].quantity
+                    for n in rows)
+        coupons_back: list[str] = []
+        if fully and m is not None:
+            back = conn.execute(select(schema.coupons.c.id).where(
+                schema.coupons.c.settlement_id == sid, schema.coupons.c.state == "redeemed",
+                (schema.coupons.c.valid_until_us.is_(None))
+                | (schema.coupons.c.valid_until_us > now))).scalars().all()
+            if back:
+                conn.execute(update(schema.coupons).where(schema.coupons.c.id.in_(back))
+                             .values(state="available", settlement_id=None))
+            coupons_back = sorted(back)
+        if void:
+            conn.execute(update(schema.settlements).where(schema.settlements.c.id == sid)
+                         .values(status="voided"))
+        sv_back = totals["svp"] + totals["svb"]
+        conn.execute(insert(schema.refunds).values(
+            id=rid, settlement_id=sid, store=store, net_cents=totals["net"],
+            stored_value_cents=sv_back, cash_cents=totals["net"] - sv_back,
+            points_returned=totals["pts_back"], points_taken_back=totals["pts_taken"],
+            tx_id=tx_id, created_us=now))
+        conn.execute(insert(schema.refund_lines), [{"refund_id": rid, **ln} for ln in out_lines])
+        return {"refund_id": rid, "settlement_id": sid, "lines": out_lines,
+                "net_cents": totals["net"], "stored_value_cents": sv_back,
+                "cash_cents": totals["net"] - sv_back, "points_returned": totals["pts_back"],
+                "points_taken_back": totals["pts_taken"], "points_debt_added": debt,
+                "coupons_returned": coupons_back, "voided": void}
+
+    def _grant_back(self, conn: Connection, tx: Transaction, member_id: str, points: int,
+                    now: int) -> list[Any]:
+        """Points that paid for refunded goods come back (a new lot, expiring as new points)."""
+        tx.move(system(conn, "points_redeemed"), account(conn, member_id, "points"), points)
+        days = self.rulebook.points.expiry_days if self.rulebook.points else None
+        return [(member_id, points, now + days * DAY_US if days else None)]
+
+    # ------------------------------------------------------------------ recharge reversal
+
+    def reverse_recharge(self, store: str, key: str, recharge_id: str) -> dict[str, Any]:
+        """Take back a recharge none of which has been spent: principal, bonus, bonus points,
+        and its bonus coupons (voided)."""
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            r = conn.execute(select(schema.recharges)
+                             .where(schema.recharges.c.id == recharge_id)).first()
+            if r is None:
+                raise NotFound(f"recharge {recharge_id!r} not found")
+            self._lock_member(conn, r.member_id)
+            if r.status != "active":
+                raise Conflict(f"recharge {recharge_id!r} is already reversed")
+            spent = conn.execute(select(schema.settlements.c.id).where(
+                schema.settlements.c.member_id == r.member_id,
+                schema.settlements.c.created_us >= r.created_us,
+                schema.settlements.c.stored_value_cents > 0).limit(1)).first()
+            used = conn.execute(select(schema.coupons.c.id).where(
+                schema.coupons.c.source == f"recharge:{recharge_id}",
+                schema.coupons.c.state != "available").limit(1)).first()
+            if spent is not None or used is not None:
+                raise Conflict(f"recharge {recharge_id!r} has been spent in part")
+            tx = Transaction("recharge_reversal", recharge_id, store, now)
+            tx.move(account(conn, r.member_id, "sv_principal"), system(conn, "sv_cash_in"),
+                    r.amount_cents)
+            tx.move(account(conn, r.member_id, "sv_bonus"), system(conn, "sv_bonus_granted"),
+                    r.bonus_cents)
+            if r.bonus_points:
+                lot = conn.execute(select(schema.points_lots).where(
+                    schema.points_lots.c.tx_id == r.tx_id,
+                    schema.points_lots.c.member_id == r.member_id)).one()
+                if lot.remaining < r.bonus_points:
+                    raise Conflict(f"recharge {recharge_id!r}: its bonus points were spent")
+                conn.execute(update(schema.points_lots).where(schema.points_lots.c.id == lot.id)
+                             .values(remaining=lot.remaining - r.bonus_points))
+                tx.move(account(conn, r.member_id, "points"), system(conn, "points_issued"),
+                        r.bonus_points)
+            tx_id = tx.write(conn)
+            conn.execute(update(schema.coupons).where(
+                schema.coupons.c.source == f"recharge:{recharge_id}").values(state="void"))
+            conn.execute(update(schema.recharges).where(schema.recharges.c.id == recharge_id)
+                         .values(status="reversed", reversal_tx_id=tx_id))
+            return {"recharge_id": recharge_id, "reversed": True}
+
+        return self._idempotent(store, key, "reverse_recharge", {"recharge_id": recharge_id},
+                                body)
+
+    # ------------------------------------------------------------------ cards, expiry
+
+    def report_lost(self, store: str, key: str, card_no: str) -> dict[str, Any]:
+        """Block a card: every later operation with it is refused."""
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            card = conn.execute(select(schema.cards)
+                                .where(schema.cards.c.card_no == card_no)).first()
+            if card is None:
+                raise NotFound(f"card {card_no!r} not found")
+            self._lock_member(conn, card.member_id)
+            if card.status != "active":
+                raise Conflict(f"card {card_no!r} is {card.status}")
+            conn.execute(update(schema.cards).where(schema.cards.c.card_no == card_no)
+                         .values(status="lost", status_us=now))
+            return {"card_no": card_no, "status": "lost"}
+
+        return self._idempotent(store, key, "report_lost", {"card_no": card_no}, body)
+
+    def replace_card(self, store: str, key: str, card_no: str,
+                     new_card_no: str | None = None) -> dict[str, Any]:
+        """Issue a new card number for the same member and balances; the old one stops."""
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            card = conn.execute(select(schema.cards)
+                                .where(schema.cards.c.card_no == card_no)).first()
+            if card is None:
+                raise NotFound(f"card {card_no!r} not found")
+            self._lock_member(conn, card.member_id)
+            if card.status == "replaced":
+                raise Conflict(f"card {card_no!r} was already replaced")
+            new = new_card_no or _new_id("K")
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(schema.cards).values(
+                        card_no=new, member_id=card.member_id, issued_us=now, status_us=now))
+            except IntegrityError:
+                raise Conflict(f"card number {new!r} already in use") from None
+            conn.execute(update(schema.cards).where(schema.cards.c.card_no == card_no)
+                         .values(status="replaced", replaced_by=new, status_us=now))
+            return {"card_no": new, "member_id": card.member_id, "replaces": card_no}
+
+        return self._idempotent(store, key, "replace_card",
+                                {"card_no": card_no, "new_card_no": new_card_no}, body)
+
+    def expire_points(self, now_us: int | None = None) -> dict[str, int]:
+        """Expire every lot past its expiry, one journal transaction per member (a job:
+        running it again finds nothing)."""
+        now = self.clock() if now_us is None else now_us
+        expired = members = 0
+        with self.engine.connect() as conn:
+            due = conn.execute(select(schema.points_lots.c.member_id).where(
+                schema.points_lots.c.remaining > 0, schema.points_lots.c.expires_us <= now)
+                .distinct()).scalars().all()
+        for member_id in due:
+            with self.engine.begin() as conn:
+                self._lock_member(conn, member_id)
+                lots = conn.execute(select(schema.points_lots).where(
+                    schema.points_lots.c.member_id == member_id,
+                    schema.points_lots.c.remaining > 0,
+                    schema.points_lots.c.expires_us <= now)).all()
+                total = sum(lot.remaining for lot in lots)
+                if not total:
+                    continue
+                tx = Transaction("points_expiry", member_id, None, now)
+                tx.move(account(conn, member_id, "points"), system(conn, "points_expired"),
+                        total)
+                tx.write(conn)
+                conn.execute(update(schema.points_lots).where(
+                    schema.points_lots.c.id.in_([lot.id for lot in lots])).values(remaining=0))
+                expired += total
+                members += 1
+        return {"points_expired": expired, "members": members}
+
     def _earns(self, line: Mapping[str, Any]) -> bool:
         cat = self.rulebook.categories.get(line["category"])
         return cat is None or cat.earns_points
@@ -449,7 +723,7 @@ class Ledger:
         return str(m.tier)
 
     @staticmethod
-    def _spend_lots(conn: Connection, lots: list[Any], points: int, at: int) -> None:
+    def _spend_lots(conn: Connection, lots: Sequence[Any], points: int, at: int) -> None:
         """Spend ``points`` from unexpired lots, earliest expiry first (no expiry last)."""
         usable = sorted((lot for lot in lots if lot.expires_us is None or lot.expires_us > at),
                         key=lambda lot: (lot.expires_us is None, lot.expires_us or 0, lot.id))
