@@ -7,6 +7,7 @@ succeed, that nothing is applied twice, and that the journal verifies.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections import Counter
@@ -27,6 +28,8 @@ from settlement.ledger.service import Ledger
 from settlement.ledger.verify import verify
 
 AT = "2026-11-20T10:00:00+08:00"
+#: Distinct keys in the retry storm (the issue: 2,000 settlements).
+STORM_KEYS = int(os.environ.get("SETTLEMENT_STORM_KEYS", "2000"))
 
 
 @pytest.fixture
@@ -96,7 +99,7 @@ def test_retry_storm(ledger: Ledger) -> None:
     ledger.enroll("S001", "e", member_id="A")
     ledger.recharge("S001", "r", "A", 10_000_000)
     rng = random.Random(7)
-    keys = [f"k{i}" for i in range(300)]
+    keys = [f"k{i}" for i in range(STORM_KEYS)]
     sends = [k for k in keys for _ in range(rng.randint(1, 5))]
     rng.shuffle(sends)
     cents = {k: 100 + rng.randrange(5000) for k in keys}

@@ -223,3 +223,19 @@ def test_points_expire_by_job(ledger_url: str, examples_dir: Path) -> None:
     with engine.connect() as conn:
         assert verify(conn) is None
     engine.dispose()
+
+
+def test_consume_count_card(ledger: Ledger) -> None:
+    ledger.enroll("S001", "e", member_id="A")
+    ledger.issue_count_card("S001", "k", "A", "WASH", ["CAR-WASH"], 3,
+                            valid_until_us=NOW + DAY_US)
+    assert ledger.consume_count_card("S001", "u1", "A", "WASH", "CAR-WASH", 2)["uses_left"] == 1
+    assert ledger.consume_count_card("S001", "u1", "A", "WASH", "CAR-WASH", 2)["uses_left"] == 1
+    with pytest.raises(InsufficientBalance):
+        ledger.consume_count_card("S001", "u2", "A", "WASH", "CAR-WASH", 2)
+    with pytest.raises(Conflict):
+        ledger.consume_count_card("S001", "u3", "A", "WASH", "HAIRCUT")
+    ledger.clock_state["now"] = NOW + DAY_US  # type: ignore[attr-defined]
+    with pytest.raises(Conflict):
+        ledger.consume_count_card("S001", "u4", "A", "WASH", "CAR-WASH")
+    assert ledger.get_member(member_id="A")["count_cards"][0]["uses"] == 1

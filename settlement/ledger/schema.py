@@ -118,6 +118,8 @@ points_lots = Table(
     Column("tx_id", Id, ForeignKey("journal_transactions.id"), nullable=False),
     Column("created_us", BigInteger, nullable=False),
     Index(None, "member_id", "expires_us"),
+    Index(None, "expires_us"),  # the expiry job
+    Index(None, "tx_id"),  # recharge reversal finds the bonus lot
     CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),
 )
 
@@ -133,6 +135,8 @@ coupons = Table(
     Column("source", Text, nullable=False),
     Column("issued_us", BigInteger, nullable=False),
     Index(None, "member_id", "state"),
+    Index(None, "settlement_id"),  # coupons coming back on a full refund
+    Index(None, "source"),  # a recharge's bonus coupons
     CheckConstraint("state IN ('available', 'redeemed', 'void')", name="state"),
 )
 
@@ -170,6 +174,7 @@ settlements = Table(
     Column("tx_id", Id, ForeignKey("journal_transactions.id"), nullable=False),
     Column("created_us", BigInteger, nullable=False),
     Index(None, "member_id", "at_us"),
+    Index(None, "member_id", "created_us"),  # spending since a recharge
     Index(None, "store", "at_us"),
     CheckConstraint("status IN ('settled', 'voided')", name="status"),
 )

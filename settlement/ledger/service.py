@@ -303,6 +303,33 @@ class Ledger:
 
         return self._idempotent(store, key, "issue_count_card", request, body)
 
+    def consume_count_card(self, store: str, key: str, member_id: str, card_id: str,
+                           sku: str, uses: int = 1) -> dict[str, Any]:
+        """Use a count card outside a basket (a salon visit): ``uses`` of ``sku``."""
+        if not isinstance(uses, int) or not 0 < uses <= 9999:
+            raise ValueError("uses: must be 1..9999")
+        request = {"member_id": member_id, "card_id": card_id, "sku": sku, "uses": uses}
+
+        def body(conn: Connection, now: int) -> dict[str, Any]:
+            self._lock_member(conn, member_id)
+            card = conn.execute(select(schema.count_cards).where(
+                schema.count_cards.c.id == card_id,
+                schema.count_cards.c.member_id == member_id)).first()
+            if card is None:
+                raise NotFound(f"member {member_id!r} holds no count card {card_id!r}")
+            if card.valid_until_us is not None and now >= card.valid_until_us:
+                raise Conflict(f"count card {card_id!r} has expired")
+            if sku not in json.loads(card.skus):
+                raise Conflict(f"count card {card_id!r} does not cover SKU {sku!r}")
+            tx = Transaction("count_card_use", card_id, store, now)
+            tx.move(account(conn, member_id, "count_card", card_id), system(conn, "uses_spent"),
+                    uses)
+            tx.write(conn)
+            left = balance(conn, member_id, "count_card", card_id)
+            return {"count_card_id": card_id, "uses": uses, "uses_left": left}
+
+        return self._idempotent(store, key, "consume_count_card", request, body)
+
     # ------------------------------------------------------------------ settle
 
     def settle(self, store: str, key: str, request: Mapping[str, Any],

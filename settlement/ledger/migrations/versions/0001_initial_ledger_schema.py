@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-23 15:58:15.801518
+Create Date: 2026-11-23 16:09:59.161421
 """
 
 from __future__ import annotations
@@ -156,6 +156,10 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_coupons_member_id_state"), ["member_id", "state"], unique=False
         )
+        batch_op.create_index(
+            batch_op.f("ix_coupons_settlement_id"), ["settlement_id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_coupons_source"), ["source"], unique=False)
 
     op.create_table(
         "journal_postings",
@@ -216,11 +220,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_points_lots")),
     )
     with op.batch_alter_table("points_lots", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_points_lots_expires_us"), ["expires_us"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_points_lots_member_id_expires_us"),
             ["member_id", "expires_us"],
             unique=False,
         )
+        batch_op.create_index(batch_op.f("ix_points_lots_tx_id"), ["tx_id"], unique=False)
 
     op.create_table(
         "recharges",
@@ -294,6 +300,11 @@ def upgrade() -> None:
     with op.batch_alter_table("settlements", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_settlements_member_id_at_us"), ["member_id", "at_us"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_settlements_member_id_created_us"),
+            ["member_id", "created_us"],
+            unique=False,
         )
         batch_op.create_index(
             batch_op.f("ix_settlements_store_at_us"), ["store", "at_us"], unique=False
@@ -389,6 +400,7 @@ def downgrade() -> None:
     op.drop_table("refunds")
     with op.batch_alter_table("settlements", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_settlements_store_at_us"))
+        batch_op.drop_index(batch_op.f("ix_settlements_member_id_created_us"))
         batch_op.drop_index(batch_op.f("ix_settlements_member_id_at_us"))
 
     op.drop_table("settlements")
@@ -397,7 +409,9 @@ def downgrade() -> None:
 
     op.drop_table("recharges")
     with op.batch_alter_table("points_lots", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_points_lots_tx_id"))
         batch_op.drop_index(batch_op.f("ix_points_lots_member_id_expires_us"))
+        batch_op.drop_index(batch_op.f("ix_points_lots_expires_us"))
 
     op.drop_table("points_lots")
     with op.batch_alter_table("journal_postings", schema=None) as batch_op:
@@ -406,6 +420,8 @@ def downgrade() -> None:
 
     op.drop_table("journal_postings")
     with op.batch_alter_table("coupons", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_coupons_source"))
+        batch_op.drop_index(batch_op.f("ix_coupons_settlement_id"))
         batch_op.drop_index(batch_op.f("ix_coupons_member_id_state"))
 
     op.drop_table("coupons")
