@@ -33,7 +33,7 @@ from settlement.timeutil import parse_instant
 from . import schema
 from .errors import Conflict, InsufficientBalance, LedgerError, NotFound
 from .idempotency import claim, record, request_hash
-from .journal import Transaction, account, balance, system
+from .journal import SYSTEM_KINDS, Account, Transaction, account, balance, system
 
 DAY_US = 86_400 * 1_000_000
 CARD_TYPES = ("free", "paid", "tiered", "internal")
@@ -63,6 +63,33 @@ class Ledger:
         self.engine = engine
         self.rulebook = rulebook
         self.clock = clock or (lambda: time.time_ns() // 1000)
+        # System accounts never change: create them once (committed), then post to the
+        # cached ids without a lookup per move. The schema must be migrated first.
+        with engine.begin() as conn:
+            self._system = {kind: system(conn, kind) for kind in SYSTEM_KINDS}
+
+    def _sys(self, kind: str) -> Account:
+        return self._system[kind]
+
+    @staticmethod
+    def _acc(conn: Connection, accs: dict[tuple[str, str], tuple[Account, int]], member_id: str,
+             kind: str, ref: str = "") -> tuple[Account, int]:
+        """A preloaded member account (created when missing) and its balance."""
+        hit = accs.get((kind, ref))
+        if hit is None:
+            hit = accs[(kind, ref)] = (account(conn, member_id, kind, ref),
+                                       balance(conn, member_id, kind, ref))
+        return hit
+
+    @staticmethod
+    def _accounts(conn: Connection, member_id: str) -> dict[tuple[str, str], tuple[Account, int]]:
+        """All of a member's accounts, with balances, in one query."""
+        rows = conn.execute(select(
+            schema.accounts.c.id, schema.accounts.c.kind, schema.accounts.c.ref,
+            schema.accounts.c.asset, schema.accounts.c.balance)
+            .where(schema.accounts.c.owner == member_id)).all()
+        return {(r.kind, r.ref): (Account(r.id, member_id, r.kind, r.ref, r.asset),
+                                  int(r.balance)) for r in rows}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -104,11 +131,11 @@ class Ledger:
         return tiers[0].code
 
     def _grant_points(self, conn: Connection, tx: Transaction, member_id: str, points: int,
-                      now: int) -> list[tuple[str, int, int | None]]:
+                      now: int, to: Account | None = None) -> list[tuple[str, int, int | None]]:
         """Queue a points grant on ``tx``; returns the lot to create after ``tx`` is written."""
         if points <= 0:
             return []
-        tx.move(system(conn, "points_issued"), account(conn, member_id, "points"), points)
+        tx.move(self._sys("points_issued"), to or account(conn, member_id, "points"), points)
         days = self.rulebook.points.expiry_days if self.rulebook.points else None
         return [(member_id, points, now + days * DAY_US if days else None)]
 
@@ -187,11 +214,19 @@ class Ledger:
                 raise NotFound(f"member {member_id!r} not found")
             return self._state(conn, m, self.clock() if at_us is None else at_us)
 
-    def _state(self, conn: Connection, m: Any, at: int) -> dict[str, Any]:
-        lots = conn.execute(select(schema.points_lots.c.remaining, schema.points_lots.c.expires_us)
-                            .where(schema.points_lots.c.member_id == m.id,
-                                   schema.points_lots.c.remaining > 0)).all()
+    def _state(self, conn: Connection, m: Any, at: int,
+               accs: dict[tuple[str, str], tuple[Account, int]] | None = None,
+               lots: Sequence[Any] | None = None) -> dict[str, Any]:
+        if accs is None:
+            accs = self._accounts(conn, m.id)
+        if lots is None:
+            lots = self._lots(conn, m.id)
         usable = sum(r.remaining for r in lots if r.expires_us is None or r.expires_us > at)
+
+        def bal(kind: str, ref: str = "") -> int:
+            hit = accs.get((kind, ref))
+            return hit[1] if hit else 0
+
         coupons = conn.execute(select(schema.coupons).where(
             schema.coupons.c.member_id == m.id, schema.coupons.c.state == "available")
             .order_by(schema.coupons.c.id)).all()
@@ -202,14 +237,14 @@ class Ledger:
             "member_id": m.id, "phone": m.phone, "tier": m.tier, "card_type": m.card_type,
             "cumulative_spend_cents": m.cumulative_spend_cents,
             "points_balance": usable,
-            "points_total": balance(conn, m.id, "points"),
+            "points_total": bal("points"),
             "points_debt": m.points_debt,
-            "sv_principal_cents": balance(conn, m.id, "sv_principal"),
-            "sv_bonus_cents": balance(conn, m.id, "sv_bonus"),
+            "sv_principal_cents": bal("sv_principal"),
+            "sv_bonus_cents": bal("sv_bonus"),
             "coupons": [{"id": c.id, "template": c.template, "valid_from_us": c.valid_from_us,
                          "valid_until_us": c.valid_until_us} for c in coupons],
             "count_cards": [{"id": k.id, "skus": json.loads(k.skus),
-                             "uses": balance(conn, m.id, "count_card", k.id),
+                             "uses": bal("count_card", k.id),
                              "valid_until_us": k.valid_until_us} for k in cards],
         }
 
@@ -251,10 +286,10 @@ class Ledger:
             rule = self.rulebook.recharge_rule(amount_cents)
             rid = _new_id("R")
             tx = Transaction("recharge", rid, store, now)
-            tx.move(system(conn, "sv_cash_in"), account(conn, member_id, "sv_principal"),
+            tx.move(self._sys("sv_cash_in"), account(conn, member_id, "sv_principal"),
                     amount_cents)
             bonus = rule.bonus_cents if rule else 0
-            tx.move(system(conn, "sv_bonus_granted"), account(conn, member_id, "sv_bonus"), bonus)
+            tx.move(self._sys("sv_bonus_granted"), account(conn, member_id, "sv_bonus"), bonus)
             lots = self._grant_points(conn, tx, member_id, rule.bonus_points if rule else 0, now)
             tx_id = tx.write(conn)
             self._write_lots(conn, tx_id, lots, now)
@@ -296,7 +331,7 @@ class Ledger:
             except IntegrityError:
                 raise Conflict(f"count card {card_id!r} already exists") from None
             tx = Transaction("count_card", card_id, store, now)
-            tx.move(system(conn, "uses_issued"), account(conn, member_id, "count_card", card_id),
+            tx.move(self._sys("uses_issued"), account(conn, member_id, "count_card", card_id),
                     uses)
             tx.write(conn)
             return {"count_card_id": card_id, "uses": uses}
@@ -322,7 +357,7 @@ class Ledger:
             if sku not in json.loads(card.skus):
                 raise Conflict(f"count card {card_id!r} does not cover SKU {sku!r}")
             tx = Transaction("count_card_use", card_id, store, now)
-            tx.move(account(conn, member_id, "count_card", card_id), system(conn, "uses_spent"),
+            tx.move(account(conn, member_id, "count_card", card_id), self._sys("uses_spent"),
                     uses)
             tx.write(conn)
             left = balance(conn, member_id, "count_card", card_id)
@@ -367,9 +402,12 @@ class Ledger:
         quote_req["at"] = req.get("at") or _iso(at)
         m = None
         lots: Any = []
+        accs: dict[tuple[str, str], tuple[Account, int]] = {}
         if member_id is not None:
             m = self._lock_member(conn, member_id)
-            state = self._state(conn, m, at)
+            accs = self._accounts(conn, m.id)
+            lots = self._lots(conn, m.id)
+            state = self._state(conn, m, at, accs, lots)
             quote_req["member"] = {
                 "id": m.id, "tier": self._effective_tier(m, at),
                 "points_balance": state["points_balance"],
@@ -382,10 +420,6 @@ class Ledger:
                                  "valid_until": _iso_or_none(k["valid_until_us"])}
                                 for k in state["count_cards"]],
             }
-            lots = conn.execute(
-                select(schema.points_lots).where(
-                    schema.points_lots.c.member_id == m.id, schema.points_lots.c.remaining > 0)
-            ).all()
         receipt = settlement.quote(rb, quote_req)
         expected = req.get("expected_payable_cents")
         if expected is not None and expected != receipt["payable_cents"]:
@@ -415,30 +449,29 @@ class Ledger:
             redeemed = receipt["points_redeemed"]
             if redeemed:
                 self._spend_lots(conn, lots, redeemed, at)
-                tx.move(account(conn, m.id, "points"), system(conn, "points_redeemed"), redeemed)
+                tx.move(self._acc(conn, accs, m.id, "points")[0], self._sys("points_redeemed"), redeemed)
                 line_points_redeemed = apportion(
                     redeemed, [ln["points_offset_cents"] for ln in receipt["lines"]])
             used = receipt["stored_value_cents"]
             if used:
-                principal = balance(conn, m.id, "sv_principal")
-                bonus = balance(conn, m.id, "sv_bonus")
+                p_acc, principal = self._acc(conn, accs, m.id, "sv_principal")
+                b_acc, bonus = self._acc(conn, accs, m.id, "sv_bonus")
                 sv_bonus = used * bonus // (principal + bonus)
                 sv_principal = used - sv_bonus
-                tx.move(account(conn, m.id, "sv_principal"), system(conn, "sv_spent"),
-                        sv_principal)
-                tx.move(account(conn, m.id, "sv_bonus"), system(conn, "sv_spent"), sv_bonus)
+                tx.move(p_acc, self._sys("sv_spent"), sv_principal)
+                tx.move(b_acc, self._sys("sv_spent"), sv_bonus)
                 line_sv = allocate(used, [ln["net_cents"] for ln in receipt["lines"]])
                 line_sv_bonus = allocate(sv_bonus, line_sv)
             for card in receipt["count_cards_used"]:
-                tx.move(account(conn, m.id, "count_card", card["id"]),
-                        system(conn, "uses_spent"), card["uses"])
+                tx.move(self._acc(conn, accs, m.id, "count_card", card["id"])[0],
+                        self._sys("uses_spent"), card["uses"])
             earned = receipt["points_earned"]
             if earned:
-                new_lots = self._grant_points(conn, tx, m.id, earned, now)
+                new_lots = self._grant_points(conn, tx, m.id, earned, now,
+                                              self._acc(conn, accs, m.id, "points")[0])
                 repay = min(m.points_debt, earned)
                 if repay:  # earned points first pay off a refund's points debt
-                    tx.move(account(conn, m.id, "points"), system(conn, "points_clawed_back"),
-                            repay)
+                    tx.move(self._acc(conn, accs, m.id, "points")[0], self._sys("points_clawed_back"), repay)
                     new_lots = [(m.id, earned, new_lots[0][2], earned - repay)]
                     conn.execute(update(schema.members).where(schema.members.c.id == m.id)
                                  .values(points_debt=schema.members.c.points_debt - repay))
@@ -549,7 +582,7 @@ class Ledger:
                                 ("pts_taken", "points_taken_back")):
                 totals[name] += line[field]
             if r.count_card_id is not None and m is not None:
-                tx.move(system(conn, "uses_spent"),
+                tx.move(self._sys("uses_spent"),
                         account(conn, m.id, "count_card", r.count_card_id), k)
             conn.execute(update(schema.settlement_lines).where(
                 schema.settlement_lines.c.settlement_id == sid,
@@ -559,8 +592,8 @@ class Ledger:
         new_lots: list[Any] = []
         debt = 0
         if m is not None:
-            tx.move(system(conn, "sv_spent"), account(conn, m.id, "sv_principal"), totals["svp"])
-            tx.move(system(conn, "sv_spent"), account(conn, m.id, "sv_bonus"), totals["svb"])
+            tx.move(self._sys("sv_spent"), account(conn, m.id, "sv_principal"), totals["svp"])
+            tx.move(self._sys("sv_spent"), account(conn, m.id, "sv_bonus"), totals["svb"])
             if totals["pts_back"]:
                 new_lots = self._grant_back(conn, tx, m.id, totals["pts_back"], now)
             taken = totals["pts_taken"]
@@ -574,7 +607,7 @@ class Ledger:
                 debt = taken - take
                 if take:
                     self._spend_lots(conn, lots, take, now)
-                    tx.move(account(conn, m.id, "points"), system(conn, "points_clawed_back"),
+                    tx.move(account(conn, m.id, "points"), self._sys("points_clawed_back"),
                             take)
             conn.execute(update(schema.members).where(schema.members.c.id == m.id).values(
                 cumulative_spend_cents=schema.members.c.cumulative_spend_cents
@@ -613,7 +646,7 @@ class Ledger:
     def _grant_back(self, conn: Connection, tx: Transaction, member_id: str, points: int,
                     now: int) -> list[Any]:
         """Points that paid for refunded goods come back (a new lot, expiring as new points)."""
-        tx.move(system(conn, "points_redeemed"), account(conn, member_id, "points"), points)
+        tx.move(self._sys("points_redeemed"), account(conn, member_id, "points"), points)
         days = self.rulebook.points.expiry_days if self.rulebook.points else None
         return [(member_id, points, now + days * DAY_US if days else None)]
 
@@ -640,9 +673,9 @@ class Ledger:
             if spent is not None or used is not None:
                 raise Conflict(f"recharge {recharge_id!r} has been spent in part")
             tx = Transaction("recharge_reversal", recharge_id, store, now)
-            tx.move(account(conn, r.member_id, "sv_principal"), system(conn, "sv_cash_in"),
+            tx.move(account(conn, r.member_id, "sv_principal"), self._sys("sv_cash_in"),
                     r.amount_cents)
-            tx.move(account(conn, r.member_id, "sv_bonus"), system(conn, "sv_bonus_granted"),
+            tx.move(account(conn, r.member_id, "sv_bonus"), self._sys("sv_bonus_granted"),
                     r.bonus_cents)
             if r.bonus_points:
                 lot = conn.execute(select(schema.points_lots).where(
@@ -652,7 +685,7 @@ class Ledger:
                     raise Conflict(f"recharge {recharge_id!r}: its bonus points were spent")
                 conn.execute(update(schema.points_lots).where(schema.points_lots.c.id == lot.id)
                              .values(remaining=lot.remaining - r.bonus_points))
-                tx.move(account(conn, r.member_id, "points"), system(conn, "points_issued"),
+                tx.move(account(conn, r.member_id, "points"), self._sys("points_issued"),
                         r.bonus_points)
             tx_id = tx.write(conn)
             conn.execute(update(schema.coupons).where(
@@ -727,7 +760,7 @@ class Ledger:
                 if not total:
                     continue
                 tx = Transaction("points_expiry", member_id, None, now)
-                tx.move(account(conn, member_id, "points"), system(conn, "points_expired"),
+                tx.move(account(conn, member_id, "points"), self._sys("points_expired"),
                         total)
                 tx.write(conn)
                 conn.execute(update(schema.points_lots).where(
@@ -735,6 +768,12 @@ class Ledger:
                 expired += total
                 members += 1
         return {"points_expired": expired, "members": members}
+
+    @staticmethod
+    def _lots(conn: Connection, member_id: str) -> Sequence[Any]:
+        return conn.execute(select(schema.points_lots).where(
+            schema.points_lots.c.member_id == member_id,
+            schema.points_lots.c.remaining > 0)).all()
 
     def _earns(self, line: Mapping[str, Any]) -> bool:
         cat = self.rulebook.categories.get(line["category"])
