@@ -449,7 +449,8 @@ class Ledger:
             redeemed = receipt["points_redeemed"]
             if redeemed:
                 self._spend_lots(conn, lots, redeemed, at)
-                tx.move(self._acc(conn, accs, m.id, "points")[0], self._sys("points_redeemed"), redeemed)
+                points_acc = self._acc(conn, accs, m.id, "points")[0]
+                tx.move(points_acc, self._sys("points_redeemed"), redeemed)
                 line_points_redeemed = apportion(
                     redeemed, [ln["points_offset_cents"] for ln in receipt["lines"]])
             used = receipt["stored_value_cents"]
@@ -471,7 +472,8 @@ class Ledger:
                                               self._acc(conn, accs, m.id, "points")[0])
                 repay = min(m.points_debt, earned)
                 if repay:  # earned points first pay off a refund's points debt
-                    tx.move(self._acc(conn, accs, m.id, "points")[0], self._sys("points_clawed_back"), repay)
+                    tx.move(self._acc(conn, accs, m.id, "points")[0],
+                            self._sys("points_clawed_back"), repay)
                     new_lots = [(m.id, earned, new_lots[0][2], earned - repay)]
                     conn.execute(update(schema.members).where(schema.members.c.id == m.id)
                                  .values(points_debt=schema.members.c.points_debt - repay))
