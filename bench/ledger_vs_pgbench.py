@@ -22,12 +22,21 @@ full_page_writes on, synchronous_commit on) holds two databases:
   part of them, under the spec's example rulebook (``examples/rulebook.toml``). A
   1-worker pass shows scaling.
 
-Every measured phase starts right after a CHECKPOINT, so each pays the same full-page
-writes. After the runs a short single-threaded profile pass counts SQL statements per
-settlement and splits its time (engine quote, statement round trips, commit, pool
-pre-ping, the rest: Python in the ledger, SQLAlchemy and psycopg), then cProfile shows
-where the Python time goes. ``verify()`` must return None at the end; the exit status is
-1 otherwise. The cluster is stopped in all cases.
+Order: setup (enrolment commits with synchronous_commit=off: it is not measured), a short
+single-threaded warm-up, settle with 1 worker, pgbench before, settle with ``--workers``,
+pgbench after. Every measured phase starts right after a CHECKPOINT, so each pays the same
+full-page writes. Each phase also reports CPU in cores: this Python process, the
+PostgreSQL server processes, the pgbench client and "other" (anything else on the
+machine: a figure well above 0 means the run was disturbed; ``--wait-quiet`` waits for an
+idle machine first).
+
+After the runs a short single-threaded profile pass counts SQL statements per settlement
+and splits its time (engine quote, statement round trips, commit, pool pre-ping, the
+rest: Python in the ledger, SQLAlchemy and psycopg), then cProfile shows where the Python
+time goes (``--profile-out`` keeps the stats; ``--pg-stat-statements`` loads that
+extension for the server's view, which costs both benchmarks a little). ``verify()`` must
+return None at the end; the exit status is 1 otherwise. The cluster is stopped in all
+cases.
 """
 
 from __future__ import annotations
@@ -192,15 +201,20 @@ def set_up_ledger(url: str, rulebook: settlement.Rulebook, members: int,
 
 class CpuMeter:
     """CPU use over a phase, in cores: the machine (/proc/stat; iowait counts as idle, steal
-    is shown apart), this process (all its threads), reaped child processes (pgbench) and
-    the PostgreSQL server's processes (backends that exit inside the phase are missed, so
-    this is exact for the pooled settle passes and useless for pgbench)."""
+    is shown apart), this process (all its threads), reaped child processes (pgbench), the
+    PostgreSQL server's processes (sampled every 0.25 s, so a backend that exits loses at
+    most its last 0.25 s) and "other": whatever else ran on the machine meanwhile."""
 
     def __init__(self, cluster: PostgresCluster | None = None) -> None:
         self.hz = os.sysconf("SC_CLK_TCK")
         self.cluster = cluster
-        self.start_server = self._server()
+        self.first: dict[int, float] = self._server()
+        self.last: dict[int, float] = dict(self.first)
+        self.stopped = threading.Event()
+        self.poller = threading.Thread(target=self._poll, daemon=True)
         self.start = self._sample()
+        if cluster is not None:
+            self.poller.start()
 
     def _server(self) -> dict[int, float]:
         ticks = {}
@@ -213,6 +227,10 @@ class CpuMeter:
             ticks[pid] = (int(fields[11]) + int(fields[12])) / self.hz
         return ticks
 
+    def _poll(self) -> None:
+        while not self.stopped.wait(0.25):
+            self.last.update(self._server())
+
     def _sample(self) -> tuple[float, ...]:
         with open("/proc/stat") as fh:
             fields = [int(x) for x in fh.readline().split()[1:]]
@@ -223,12 +241,16 @@ class CpuMeter:
 
     def read(self) -> dict[str, float]:
         end = self._sample()
-        end_server = self._server()
+        self.stopped.set()
+        if self.poller.is_alive():
+            self.poller.join()
+        self.last.update(self._server())
         busy, steal, wall, own, kids = (b - a for a, b in zip(self.start, end, strict=True))
-        server = sum(t - self.start_server.get(pid, 0.0) for pid, t in end_server.items())
+        server = sum(t - self.first.get(pid, 0.0) for pid, t in self.last.items())
         return {"wall_s": wall, "machine_busy_cores": busy / wall, "steal_cores": steal / wall,
                 "this_process_cores": own / wall, "child_processes_cores": kids / wall,
-                "server_cores": server / wall}
+                "server_cores": server / wall,
+                "other_cores": (busy - own - kids - server) / wall}
 
 
 @dataclass
@@ -305,7 +327,7 @@ def settle_pass(ledger: Ledger, items: list[dict[str, Any]], members: int, worke
 
 def pgbench_run(cluster: PostgresCluster, clients: int, threads: int,
                 seconds: int) -> dict[str, Any]:
-    meter = CpuMeter()
+    meter = CpuMeter(cluster)
     out = cluster.run_pgbench(["-b", "tpcb-like", "-c", str(clients), "-j", str(threads),
                                "-T", str(seconds), "-M", "prepared"],
                               dbname=PGBENCH_DB, timeout=seconds + 300)
@@ -422,12 +444,32 @@ def single_loop(ledger: Ledger, items: list[dict[str, Any]], members: int, secon
     return done, time.perf_counter() - start
 
 
+def server_statements(cluster: PostgresCluster, settled: int,
+                      top: int = 20) -> list[dict[str, Any]]:
+    """pg_stat_statements for the ledger database, per settlement, by total execution time."""
+    with cluster.connect(LEDGER_DB) as conn:
+        rows = conn.execute(
+            "SELECT s.calls, s.total_exec_time, s.rows, s.query FROM pg_stat_statements s "
+            "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
+            "ORDER BY s.total_exec_time DESC LIMIT %s", (LEDGER_DB, top)).fetchall()
+    per = max(settled, 1)
+    return [{"calls_per_settle": calls / per, "exec_ms_per_settle": total / per,
+             "rows_per_settle": nrows / per, "query": " ".join(query.split())[:90]}
+            for calls, total, nrows, query in rows]
+
+
 def profile(ledger: Ledger, items: list[dict[str, Any]], members: int, seconds: float,
-            seed: int, top: int = 25) -> dict[str, Any]:
+            seed: int, cluster: PostgresCluster | None = None, stat_statements: bool = False,
+            profile_out: Path | None = None, top: int = 25) -> dict[str, Any]:
     """Where a settlement's time goes: instrumented pass, then a cProfile pass."""
+    if stat_statements and cluster is not None:
+        with cluster.connect(LEDGER_DB) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
     with instrumented(ledger.engine) as stats:
         n, wall = single_loop(ledger, items, members, seconds, "prof", seed)
     per = max(n, 1)
+    server = (server_statements(cluster, n) if stat_statements and cluster is not None
+              else None)
     db_total = sum(stats["db_s"].values())
     breakdown_ms = {
         "total": wall / per * 1e3,
@@ -445,6 +487,8 @@ def profile(ledger: Ledger, items: list[dict[str, Any]], members: int, seconds: 
     profiler.enable()
     n_prof, wall_prof = single_loop(ledger, items, members, seconds, "cprof", seed)
     profiler.disable()
+    if profile_out is not None:
+        profiler.dump_stats(profile_out)
     buf = io.StringIO()
     ps = pstats.Stats(profiler, stream=buf)
     ps.sort_stats("tottime").print_stats(top)
@@ -453,7 +497,8 @@ def profile(ledger: Ledger, items: list[dict[str, Any]], members: int, seconds: 
             "statements_per_settle": sum(stats["statements"].values()) / per,
             "executemany_per_settle": stats["executemany"] / per,
             "pings_per_settle": stats["pings"] / per, "commits_per_settle": stats["commits"] / per,
-            "statements": statements, "cprofile_settled": n_prof,
+            "statements": statements, "server_statements": server,
+            "cprofile_settled": n_prof,
             "cprofile_ms_per_settle": wall_prof / max(n_prof, 1) * 1e3,
             "cprofile": buf.getvalue()}
 
@@ -486,7 +531,7 @@ def table(r: dict[str, Any]) -> str:
     def settle_cpu(p: dict[str, Any]) -> str:
         c = p["cpu"]
         per = c["wall_s"] / max(p["settled"], 1) * 1e3
-        other = c["machine_busy_cores"] - c["this_process_cores"] - c["server_cores"]
+        other = c["other_cores"]
         return (f"machine {c['machine_busy_cores']:.2f} of {m['nproc']}: Python "
                 f"{c['this_process_cores']:.2f} ({c['this_process_cores'] * per:.2f} ms/settle), "
                 f"PostgreSQL {c['server_cores']:.2f} ({c['server_cores'] * per:.2f} ms/settle), "
@@ -494,8 +539,11 @@ def table(r: dict[str, Any]) -> str:
 
     def bench_cpu(p: dict[str, Any]) -> str:
         c = p["cpu"]
-        return (f"machine {c['machine_busy_cores']:.2f} (steal {c['steal_cores']:.2f}), "
-                f"pgbench client {c['child_processes_cores']:.2f}")
+        per = c["wall_s"] / max(p["transactions"], 1) * 1e3
+        return (f"machine {c['machine_busy_cores']:.2f}: pgbench client "
+                f"{c['child_processes_cores']:.2f}, PostgreSQL {c['server_cores']:.2f} "
+                f"({c['server_cores'] * per:.2f} ms/tx), other {c['other_cores']:.2f}, "
+                f"steal {c['steal_cores']:.2f}")
 
     def errs(p: dict[str, Any]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(p["errors"].items())) or "none"
@@ -525,7 +573,8 @@ def table(r: dict[str, Any]) -> str:
         (f"errors, {w} workers", errs(many)),
         ("CPU cores busy, settle 1 worker", settle_cpu(one)),
         (f"CPU cores busy, settle {w} workers", settle_cpu(many)),
-        ("CPU cores busy, pgbench before / after", f"{bench_cpu(before)} / {bench_cpu(after)}"),
+        ("CPU cores busy, pgbench before", bench_cpu(before)),
+        ("CPU cores busy, pgbench after", bench_cpu(after)),
         ("background load before the run", f"{r['background']['machine_busy_cores']:.2f} "
          f"cores busy over {r['background']['wall_s']:.0f} s (should be ~0)"),
         ("verify()", repr(r["verify"])),
@@ -550,6 +599,14 @@ def profile_report(p: dict[str, Any]) -> str:
             "| statement | per settle | ms per settle |", "| --- | ---: | ---: |"]
     for shape, s in p["statements"].items():
         out.append(f"| {shape} | {s['per_settle']:.2f} | {s['ms_per_settle']:.3f} |")
+    if p.get("server_statements"):
+        out += ["", "pg_stat_statements over the same pass (server execution time):", "",
+                "| calls per settle | exec ms per settle | rows per settle | query |",
+                "| ---: | ---: | ---: | --- |"]
+        for row in p["server_statements"]:
+            query = row["query"].replace("|", "\\|")
+            out.append(f"| {row['calls_per_settle']:.2f} | {row['exec_ms_per_settle']:.3f} | "
+                       f"{row['rows_per_settle']:.2f} | `{query}` |")
     out += ["", f"cProfile pass: {p['cprofile_settled']} settlements, "
             f"{p['cprofile_ms_per_settle']:.2f} ms each under the profiler", "",
             p["cprofile"]]
@@ -557,6 +614,19 @@ def profile_report(p: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def quiet(wait: float, threshold: float = 0.3) -> dict[str, float]:
+    """The machine's load over 1 s; with ``wait`` > 0, retry for up to ``wait`` seconds
+    until fewer than ``threshold`` cores are busy (another job would distort every figure)."""
+    deadline = time.monotonic() + wait
+    while True:
+        meter = CpuMeter()
+        time.sleep(1)
+        load = meter.read()
+        if load["machine_busy_cores"] < threshold or time.monotonic() >= deadline:
+            return load
+        log(f"machine busy ({load['machine_busy_cores']:.2f} cores), waiting for quiet")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -569,6 +639,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=8, help="pgbench -i -s")
     parser.add_argument("--profile-seconds", type=float, default=5.0,
                         help="each of the two profile passes; 0 skips profiling")
+    parser.add_argument("--pg-stat-statements", action="store_true",
+                        help="load pg_stat_statements (both benchmarks pay for it) and show "
+                             "the server's view of the profile pass")
+    parser.add_argument("--profile-out", type=Path, help="dump the cProfile stats here")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="first wait up to this long for an idle machine")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, help="write all results here")
     return parser.parse_args(argv)
@@ -581,12 +657,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        for k, v in vars(args).items()},
                               "started": datetime.now(UTC).isoformat(timespec="seconds"),
                               "machine": machine()}
-    idle = CpuMeter()
-    time.sleep(1)
-    result["background"] = idle.read()
+    result["background"] = quiet(args.wait_quiet)
     rulebook = settlement.load_rulebook(RULEBOOK)
     items = catalogue(args.seed)
-    cluster = PostgresCluster(durable=True)
+    settings: dict[str, str | int] = (
+        {"shared_preload_libraries": "pg_stat_statements"} if args.pg_stat_statements else {})
+    cluster = PostgresCluster(durable=True, settings=settings)
     engine: Engine | None = None
     try:
         log("starting a durable PostgreSQL cluster")
@@ -605,6 +681,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["setup_s"] = time.perf_counter() - t0
         with cluster.connect(LEDGER_DB, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
+            if args.pg_stat_statements:
+                conn.execute("CREATE EXTENSION pg_stat_statements")
         engine = create_ledger_engine(url, pool_size=max(args.workers, 8))
         ledger = Ledger(engine, rulebook)
         log("warm-up")  # single-threaded: first settlements create the system accounts
@@ -633,7 +711,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.profile_seconds > 0:
             log("profile")
             result["profile"] = profile(ledger, items, args.members, args.profile_seconds,
-                                        args.seed)
+                                        args.seed, cluster, args.pg_stat_statements,
+                                        args.profile_out)
         with engine.connect() as conn:
             result["verify"] = verify(conn)
     finally:
