@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 import settlement
 from settlement.allocation import allocate, apportion
+from settlement.errors import RequestError
 from settlement.rulebook import Rulebook
 from settlement.timeutil import parse_instant
 
@@ -45,6 +46,29 @@ class PriceChanged(LedgerError):
     def __init__(self, expected: int, receipt: dict[str, Any]) -> None:
         super().__init__(f"price changed: expected {expected}, now {receipt['payable_cents']}")
         self.receipt = receipt
+
+
+def _text(field: str, value: Any, required: bool = True) -> Any:
+    """A code or id: a string of 1..128 characters (None allowed when not required)."""
+    if value is None and not required:
+        return None
+    if value is None:
+        raise RequestError(field, "required field is missing")
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise RequestError(field, "must be a string of 1..128 characters")
+    return value
+
+
+def _int(field: str, value: Any, lo: int, hi: int, required: bool = True) -> Any:
+    """An integer in ``lo..hi`` (JSON integers only: no bools, floats or strings)."""
+    if value is None and not required:
+        return None
+    if type(value) is not int or not lo <= value <= hi:
+        raise RequestError(field, f"must be an integer {lo}..{hi}")
+    return value
+
+
+INSTANT = (-(2**62), 2**62)  # microseconds: far beyond any real date, well inside int64
 
 
 def _new_id(prefix: str) -> str:
@@ -95,8 +119,8 @@ class Ledger:
 
     def _idempotent(self, store: str, key: str, operation: str, request: Any,
                     body: Callable[[Connection, int], dict[str, Any]]) -> dict[str, Any]:
-        if not key:
-            raise ValueError("idempotency key is required")
+        _text("store", store)
+        _text("idempotency_key", key)
         digest = request_hash(operation, request)
         with self.engine.begin() as conn:
             now = self.clock()
@@ -161,10 +185,14 @@ class Ledger:
         request = {"phone": phone, "member_id": member_id, "card_no": card_no, "tier": tier,
                    "card_type": card_type, "birthday": birthday, "referrer_id": referrer_id,
                    "paid_from_us": paid_from_us, "paid_until_us": paid_until_us}
+        for name in ("phone", "member_id", "card_no", "tier", "birthday", "referrer_id"):
+            _text(name, request[name], required=False)
+        for name in ("paid_from_us", "paid_until_us"):
+            _int(name, request[name], *INSTANT, required=False)
         if card_type not in CARD_TYPES:
-            raise ValueError(f"card_type: must be one of {', '.join(CARD_TYPES)}")
+            raise RequestError("card_type", f"must be one of {', '.join(CARD_TYPES)}")
         if tier is not None and tier not in self.rulebook.tiers:
-            raise ValueError(f"tier: unknown tier {tier!r}")
+            raise RequestError("tier", f"unknown tier {tier!r}")
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
             mid = member_id or _new_id("M")
@@ -197,6 +225,9 @@ class Ledger:
     def get_member(self, *, member_id: str | None = None, phone: str | None = None,
                    card_no: str | None = None, at_us: int | None = None) -> dict[str, Any]:
         """A member's state by id, phone or card number (balances, coupons, cards)."""
+        for name, value in (("member_id", member_id), ("phone", phone), ("card_no", card_no)):
+            _text(name, value, required=False)
+        _int("at_us", at_us, *INSTANT, required=False)
         with self.engine.connect() as conn:
             if card_no is not None:
                 row = conn.execute(select(schema.cards.c.member_id)
@@ -254,8 +285,12 @@ class Ledger:
                      coupon_id: str | None = None, valid_from_us: int | None = None,
                      valid_until_us: int | None = None) -> dict[str, Any]:
         """Give a member a coupon of ``template``."""
-        if template not in self.rulebook.coupon_templates:
-            raise ValueError(f"template: unknown coupon template {template!r}")
+        _text("member_id", member_id)
+        _text("coupon_id", coupon_id, required=False)
+        _int("valid_from_us", valid_from_us, *INSTANT, required=False)
+        _int("valid_until_us", valid_until_us, *INSTANT, required=False)
+        if _text("template", template) not in self.rulebook.coupon_templates:
+            raise RequestError("template", f"unknown coupon template {template!r}")
         request = {"member_id": member_id, "template": template, "coupon_id": coupon_id,
                    "valid_from_us": valid_from_us, "valid_until_us": valid_until_us}
 
@@ -277,8 +312,8 @@ class Ledger:
     def recharge(self, store: str, key: str, member_id: str, amount_cents: int) -> dict[str, Any]:
         """Pay ``amount_cents`` into stored value; the best ``[[recharge_rules]]`` entry adds
         bonus stored value, points and coupons."""
-        if not isinstance(amount_cents, int) or not 0 < amount_cents <= 10**12:
-            raise ValueError("amount_cents: must be 1..10^12")
+        _text("member_id", member_id)
+        _int("amount_cents", amount_cents, 1, 10**12)
         request = {"member_id": member_id, "amount_cents": amount_cents}
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
@@ -314,10 +349,14 @@ class Ledger:
                          skus: list[str], uses: int,
                          valid_until_us: int | None = None) -> dict[str, Any]:
         """Sell or give a member a count card: ``uses`` of ``skus`` until ``valid_until_us``."""
-        if not skus or not all(isinstance(s, str) and s for s in skus):
-            raise ValueError("skus: must be a non-empty list of SKU codes")
-        if not isinstance(uses, int) or not 0 < uses <= 10**9:
-            raise ValueError("uses: must be 1..10^9")
+        _text("member_id", member_id)
+        _text("card_id", card_id)
+        if not isinstance(skus, list) or not 1 <= len(skus) <= 1000:
+            raise RequestError("skus", "must be a list of 1..1000 SKU codes")
+        for i, sku in enumerate(skus):
+            _text(f"skus[{i}]", sku)
+        _int("uses", uses, 1, 10**9)
+        _int("valid_until_us", valid_until_us, *INSTANT, required=False)
         request = {"member_id": member_id, "card_id": card_id, "skus": skus, "uses": uses,
                    "valid_until_us": valid_until_us}
 
@@ -341,8 +380,10 @@ class Ledger:
     def consume_count_card(self, store: str, key: str, member_id: str, card_id: str,
                            sku: str, uses: int = 1) -> dict[str, Any]:
         """Use a count card outside a basket (a salon visit): ``uses`` of ``sku``."""
-        if not isinstance(uses, int) or not 0 < uses <= 9999:
-            raise ValueError("uses: must be 1..9999")
+        _text("member_id", member_id)
+        _text("card_id", card_id)
+        _text("sku", sku)
+        _int("uses", uses, 1, 9999)
         request = {"member_id": member_id, "card_id": card_id, "sku": sku, "uses": uses}
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
@@ -378,7 +419,19 @@ class Ledger:
         ``expected_payable_cents``. The response is the receipt plus
         ``settlement_id``.
         """
+        if not isinstance(request, Mapping):
+            raise RequestError("request", "must be a JSON object")
         payload = dict(request)
+        _text("member_id", payload.get("member_id"), required=False)
+        _text("card_no", payload.get("card_no"), required=False)
+        _text("terminal", terminal, required=False)
+        _int("expected_payable_cents", payload.get("expected_payable_cents"), 0, 10**15,
+             required=False)
+        if payload.get("at") is not None:
+            try:
+                parse_instant(payload["at"])
+            except ValueError as exc:
+                raise RequestError("at", str(exc)) from None
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
             return self._settle(conn, now, store, terminal, payload)
@@ -512,6 +565,15 @@ class Ledger:
                lines: list[Mapping[str, int]] | None = None) -> dict[str, Any]:
         """Refund ``lines`` (``[{"line_no", "quantity"}]``) of a settlement, or all that is
         left when ``lines`` is None. See ``docs/ledger-notes.md`` for what comes back."""
+        _text("settlement_id", settlement_id)
+        if lines is not None:
+            if not isinstance(lines, list) or not 1 <= len(lines) <= 500:
+                raise RequestError("lines", "must be a list of 1..500 {line_no, quantity}")
+            for i, item in enumerate(lines):
+                if not isinstance(item, Mapping) or set(item) != {"line_no", "quantity"}:
+                    raise RequestError(f"lines[{i}]", "must be an object {line_no, quantity}")
+                _int(f"lines[{i}].line_no", item["line_no"], 0, 499)
+                _int(f"lines[{i}].quantity", item["quantity"], 1, 9999)
         request = {"settlement_id": settlement_id,
                    "lines": None if lines is None else [dict(x) for x in lines]}
 
@@ -522,6 +584,8 @@ class Ledger:
 
     def void(self, store: str, key: str, settlement_id: str) -> dict[str, Any]:
         """Cancel a settlement that has no refunds yet: a full refund, marked voided."""
+        _text("settlement_id", settlement_id)
+
         def body(conn: Connection, now: int) -> dict[str, Any]:
             return self._refund(conn, now, store, settlement_id, None, void=True)
 
@@ -549,11 +613,11 @@ class Ledger:
             for i, item in enumerate(wanted):
                 n, k = item.get("line_no"), item.get("quantity")
                 if n not in rows or n in plan:
-                    raise ValueError(f"lines[{i}].line_no: no such line, or named twice")
+                    raise RequestError(f"lines[{i}].line_no", "no such line, or named twice")
                 left = rows[n].quantity - rows[n].refunded_quantity
                 if not isinstance(k, int) or not 0 < k <= left:
-                    raise ValueError(f"lines[{i}].quantity: must be 1..{left} (units not yet "
-                                     "refunded)")
+                    raise RequestError(f"lines[{i}].quantity",
+                                       f"must be 1..{left} (units not yet refunded)")
                 plan[n] = k
         if not plan:
             raise Conflict(f"settlement {sid!r} is fully refunded")
@@ -657,6 +721,8 @@ class Ledger:
     def reverse_recharge(self, store: str, key: str, recharge_id: str) -> dict[str, Any]:
         """Take back a recharge none of which has been spent: principal, bonus, bonus points,
         and its bonus coupons (voided)."""
+        _text("recharge_id", recharge_id)
+
         def body(conn: Connection, now: int) -> dict[str, Any]:
             r = conn.execute(select(schema.recharges)
                              .where(schema.recharges.c.id == recharge_id)).first()
@@ -703,6 +769,8 @@ class Ledger:
 
     def report_lost(self, store: str, key: str, card_no: str) -> dict[str, Any]:
         """Block a card: every later operation with it is refused."""
+        _text("card_no", card_no)
+
         def body(conn: Connection, now: int) -> dict[str, Any]:
             card = conn.execute(select(schema.cards)
                                 .where(schema.cards.c.card_no == card_no)).first()
@@ -720,6 +788,9 @@ class Ledger:
     def replace_card(self, store: str, key: str, card_no: str,
                      new_card_no: str | None = None) -> dict[str, Any]:
         """Issue a new card number for the same member and balances; the old one stops."""
+        _text("card_no", card_no)
+        _text("new_card_no", new_card_no, required=False)
+
         def body(conn: Connection, now: int) -> dict[str, Any]:
             card = conn.execute(select(schema.cards)
                                 .where(schema.cards.c.card_no == card_no)).first()
