@@ -767,16 +767,21 @@ class Ledger:
 
     # ------------------------------------------------------------------ cards, expiry
 
+    def _locked_card(self, conn: Connection, card_no: str) -> Any:
+        """A card row, with its member's row locked."""
+        card = conn.execute(select(schema.cards)
+                            .where(schema.cards.c.card_no == card_no)).first()
+        if card is None:
+            raise NotFound(f"card {card_no!r} not found")
+        self._lock_member(conn, card.member_id)
+        return card
+
     def report_lost(self, store: str, key: str, card_no: str) -> dict[str, Any]:
         """Block a card: every later operation with it is refused."""
         _text("card_no", card_no)
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
-            card = conn.execute(select(schema.cards)
-                                .where(schema.cards.c.card_no == card_no)).first()
-            if card is None:
-                raise NotFound(f"card {card_no!r} not found")
-            self._lock_member(conn, card.member_id)
+            card = self._locked_card(conn, card_no)
             if card.status != "active":
                 raise Conflict(f"card {card_no!r} is {card.status}")
             conn.execute(update(schema.cards).where(schema.cards.c.card_no == card_no)
@@ -792,11 +797,7 @@ class Ledger:
         _text("new_card_no", new_card_no, required=False)
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
-            card = conn.execute(select(schema.cards)
-                                .where(schema.cards.c.card_no == card_no)).first()
-            if card is None:
-                raise NotFound(f"card {card_no!r} not found")
-            self._lock_member(conn, card.member_id)
+            card = self._locked_card(conn, card_no)
             if card.status == "replaced":
                 raise Conflict(f"card {card_no!r} was already replaced")
             new = new_card_no or _new_id("K")
