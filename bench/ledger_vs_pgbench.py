@@ -45,6 +45,7 @@ import argparse
 import cProfile
 import io
 import json
+import multiprocessing
 import os
 import platform
 import pstats
@@ -325,6 +326,63 @@ def settle_pass(ledger: Ledger, items: list[dict[str, Any]], members: int, worke
         errors=dict(errors), error_examples=examples, cpu=cpu)
 
 
+def _process_worker(url: str, items: list[dict[str, Any]], members: int, seconds: float,
+                    tag: str, seed: int, w: int, start_at: float, out: Any) -> None:
+    """One settling process (forked): its own engine and Ledger, like a server worker."""
+    engine = create_ledger_engine(url, pool_size=2)
+    ledger = Ledger(engine, settlement.load_rulebook(RULEBOOK))
+    rng = random.Random(f"{seed}-{tag}-{w}")
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    deadline = start_at + seconds
+    n = 0
+    while time.time() < deadline:
+        request = make_request(rng, items, members)
+        n += 1
+        t0 = time.perf_counter()
+        try:
+            ledger.settle(STORE, f"{tag}-p{w}-{n}", request, terminal=f"P{w:02d}")
+        except Exception as exc:  # noqa: BLE001 - counted by type, reported
+            errors[type(exc).__name__] += 1
+            continue
+        latencies.append(time.perf_counter() - t0)
+    engine.dispose()
+    out.put((latencies, dict(errors)))
+
+
+def process_pass(url: str, items: list[dict[str, Any]], members: int, processes: int,
+                 seconds: float, tag: str, seed: int,
+                 cluster: PostgresCluster | None = None) -> PassResult:
+    """``processes`` forked processes settle for ``seconds`` (one Ledger each): the shape of
+    a server with N worker processes, free of one interpreter's GIL."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    start_at = time.time() + 3.0  # time for every process to connect
+    procs = [ctx.Process(target=_process_worker,
+                         args=(url, items, members, seconds, tag, seed, w, start_at, out))
+             for w in range(processes)]
+    for proc in procs:
+        proc.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    meter = CpuMeter(cluster)
+    results = [out.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    cpu = meter.read()
+    flat = sorted(x for lat, _ in results for x in lat)
+    errors: Counter[str] = Counter()
+    for _, errs in results:
+        errors.update(errs)
+    wall = cpu["wall_s"]
+    return PassResult(
+        workers=processes, seconds=wall, settled=len(flat), per_second=len(flat) / seconds,
+        p50_ms=percentile(flat, 0.50) * 1e3, p99_ms=percentile(flat, 0.99) * 1e3,
+        mean_ms=(sum(flat) / len(flat) * 1e3) if flat else float("nan"),
+        errors=dict(errors), error_examples={}, cpu=cpu)
+
+
 def pgbench_run(cluster: PostgresCluster, clients: int, threads: int,
                 seconds: int) -> dict[str, Any]:
     meter = CpuMeter(cluster)
@@ -579,6 +637,20 @@ def table(r: dict[str, Any]) -> str:
          f"cores busy over {r['background']['wall_s']:.0f} s (should be ~0)"),
         ("verify()", repr(r["verify"])),
     ]
+    procs = r.get("settle_processes")
+    if procs:
+        c = procs["cpu"]
+        rows[-1:-1] = [
+            (f"settle/s, {procs['workers']} worker processes",
+             f"{procs['per_second']:,.1f} ({procs['settled']} in {r['args']['seconds']} s), "
+             f"p50 / p99 {procs['p50_ms']:.2f} / {procs['p99_ms']:.2f} ms, errors {errs(procs)}"),
+            (f"ratio settle({procs['workers']} processes) / pgbench mean",
+             f"{procs['per_second'] / r['pgbench_mean_tps']:.3f}x"),
+            (f"CPU cores busy, settle {procs['workers']} processes",
+             f"machine {c['machine_busy_cores']:.2f} of {m['nproc']}: worker processes "
+             f"{c['child_processes_cores']:.2f}, PostgreSQL {c['server_cores']:.2f}, "
+             f"other {c['other_cores']:.2f}"),
+        ]
     out = ["| measure | value |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in rows]
     out.append("")
@@ -634,6 +706,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=20, help="each measured phase")
     parser.add_argument("--workers", type=int, default=8, help="settle threads (multi pass)")
     parser.add_argument("--members", type=int, default=2000)
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also settle with this many worker processes (0: skip)")
     parser.add_argument("--clients", type=int, default=8, help="pgbench -c")
     parser.add_argument("--pgbench-threads", type=int, default=2, help="pgbench -j")
     parser.add_argument("--scale", type=int, default=8, help="pgbench -i -s")
@@ -702,6 +776,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         many = phase(f"settle, {args.workers} workers", lambda: settle_pass(
             ledger, items, args.members, args.workers, args.seconds, "many", args.seed,
             cluster))
+        if args.processes:
+            procs = phase(f"settle, {args.processes} processes", lambda: process_pass(
+                url, items, args.members, args.processes, args.seconds, "procs", args.seed,
+                cluster))
+            result["settle_processes"] = asdict(procs)
         after = phase("pgbench after", lambda: pgbench_run(
             cluster, args.clients, args.pgbench_threads, args.seconds))
         mean = (before["tps"] + after["tps"]) / 2
