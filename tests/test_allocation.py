@@ -228,3 +228,13 @@ def test_round_half_up_bp_stays_within_the_amount(amount: int, bp: int) -> None:
 ])
 def test_round_half_up_bp_examples(amount: int, bp: int, want: int) -> None:
     assert allocation.round_half_up_bp(amount, bp) == want
+
+
+def test_fast_allocation_of_many_weights() -> None:
+    """More weights than any quote has lines (500): the kernel's helper still agrees."""
+    from settlement.allocation import allocate as pure_allocate
+
+    kernel = pytest.importorskip("settlement._fast._kernel")
+    weights = [(i * 7919) % 1013 + 1 for i in range(2000)]
+    amount = sum(weights) // 3 + 17
+    assert kernel.allocate(amount, weights) == pure_allocate(amount, weights)

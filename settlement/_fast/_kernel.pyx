@@ -21,6 +21,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t
+from libc.stdlib cimport abort, free, malloc
 from libc.string cimport memset
 
 from datetime import datetime, timedelta, timezone
@@ -158,11 +159,15 @@ cdef void alloc_lines(int64_t amount, const int* idx, int n, const int64_t* w,
 
 
 cdef int64_t kth_largest(const int64_t* a, int n, int k) noexcept nogil:
-    """The k-th largest of ``a[0:n]`` (1 <= k <= n <= 512), by quickselect on a copy."""
+    """The k-th largest of ``a[0:n]`` (1 <= k <= n), by quickselect on a copy."""
     cdef int64_t buf[512]
     cdef int64_t* t = buf
     cdef int lo = 0, hi = n - 1, i, j, want = k - 1
-    cdef int64_t pivot, x
+    cdef int64_t pivot, x, found
+    if n > 512:  # quotes have at most 500 lines; larger inputs come from allocate() only
+        t = <int64_t*>malloc(sizeof(int64_t) * n)
+        if t == NULL:
+            abort()
     for i in range(n):
         t[i] = a[i]
     while lo < hi:
@@ -183,8 +188,11 @@ cdef int64_t kth_largest(const int64_t* a, int n, int k) noexcept nogil:
         elif want >= i:
             lo = i
         else:
-            return t[want]
-    return t[want]
+            break
+    found = t[want]
+    if t != buf:
+        free(t)
+    return found
 
 
 def allocate(amount, weights):
