@@ -50,6 +50,9 @@ CASES: list[tuple[str, str, Any]] = [
     ("auto_coupons", "settle", lambda lg: lg.settle(
         "S", "k", {"member_id": "A", "lines": [LINE], "coupon_ids": ["x"],
                    "auto_coupons": True})),
+    ("member", "settle", lambda lg: lg.settle("S", "k", {"lines": [LINE], "member": {
+        "id": "X", "tier": "gold", "stored_value_cents": 10**6}})),
+    ("store", "settle", lambda lg: lg.settle("S", "k", {"lines": [LINE], "store": "S9"})),
     ("lines[0]", "refund", lambda lg: lg.refund("S", "k", "SID", [7])),
     ("lines[0].quantity", "refund",
      lambda lg: lg.refund("S", "k", "SID", [{"line_no": 0, "quantity": True}])),

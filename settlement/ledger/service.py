@@ -38,6 +38,11 @@ from .journal import SYSTEM_KINDS, Account, Transaction, account, balance, syste
 
 DAY_US = 86_400 * 1_000_000
 CARD_TYPES = ("free", "paid", "tiered", "internal")
+#: The fields of a settle request. The member's state (tier, balances, coupons) always
+#: comes from the database: a request naming ``member`` or ``store`` is refused.
+SETTLE_FIELDS = frozenset({"member_id", "card_no", "at", "lines", "coupon_ids", "auto_coupons",
+                           "redeem_points", "pay_stored_value_cents",
+                           "expected_payable_cents"})
 
 
 class PriceChanged(LedgerError):
@@ -422,6 +427,10 @@ class Ledger:
         if not isinstance(request, Mapping):
             raise RequestError("request", "must be a JSON object")
         payload = dict(request)
+        for name in payload:
+            if name not in SETTLE_FIELDS:
+                raise RequestError(str(name), "unknown field (the member's state comes from "
+                                   "the ledger, the store from the caller)")
         _text("member_id", payload.get("member_id"), required=False)
         _text("card_no", payload.get("card_no"), required=False)
         _text("terminal", terminal, required=False)
