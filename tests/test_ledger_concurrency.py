@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 import settlement
+import settlement.ledger.errors
 from settlement.ledger import schema
 from settlement.ledger.db import create_ledger_engine
 from settlement.ledger.errors import IdempotencyConflict, InsufficientBalance
@@ -124,3 +125,13 @@ def test_retry_storm(ledger: Ledger) -> None:
     assert count == len(keys)
     assert spent == sum(r["stored_value_cents"] for r in responses.values())
     assert ledger.get_member(member_id="A")["sv_principal_cents"] == 10_000_000 - spent
+
+
+def test_concurrent_refunds_of_a_walk_in_refund_once(ledger: Ledger) -> None:
+    """No member row to lock: the settlement row itself serializes its refunds."""
+    receipt = ledger.settle("S001", "w", {"at": AT, "lines": basket(1000)})
+    results = race(12, lambda i: ledger.refund("S001", f"f{i}", receipt["settlement_id"]))
+    done = [r for r in results if isinstance(r, dict)]
+    assert len(done) == 1 and done[0]["cash_cents"] == 1000, results
+    assert all(isinstance(r, settlement.ledger.errors.Conflict) for r in results
+               if not isinstance(r, dict))

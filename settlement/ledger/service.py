@@ -607,7 +607,11 @@ class Ledger:
         if head is None:
             raise NotFound(f"settlement {sid!r} not found")
         m = self._lock_member(conn, head.member_id) if head.member_id is not None else None
-        s = conn.execute(select(schema.settlements).where(schema.settlements.c.id == sid)).one()
+        # Refunds of one settlement run one at a time even without a member (a walk-in).
+        query = select(schema.settlements).where(schema.settlements.c.id == sid)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        s = conn.execute(query).one()
         if s.status == "voided":
             raise Conflict(f"settlement {sid!r} is voided")
         rows = {r.line_no: r for r in conn.execute(select(schema.settlement_lines).where(
@@ -659,11 +663,13 @@ class Ledger:
             if r.count_card_id is not None and m is not None:
                 tx.move(self._sys("uses_spent"),
                         account(conn, m.id, "count_card", r.count_card_id), k)
-            conn.execute(update(schema.settlement_lines).where(
+            changed = conn.execute(update(schema.settlement_lines).where(
                 schema.settlement_lines.c.settlement_id == sid,
                 schema.settlement_lines.c.line_no == n,
                 schema.settlement_lines.c.refunded_quantity == done)
-                .values(refunded_quantity=done + k))
+                .values(refunded_quantity=done + k)).rowcount
+            if changed != 1:  # cannot happen under the lock above; never refund twice
+                raise Conflict(f"settlement {sid!r} changed during the refund; retry")
         new_lots: list[Any] = []
         debt = 0
         if m is not None:
