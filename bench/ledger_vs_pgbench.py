@@ -169,7 +169,7 @@ def set_up_ledger(url: str, rulebook: settlement.Rulebook, members: int,
                            connect_args={"options": "-c synchronous_commit=off"})
     try:
         upgrade(engine)
-        ledger = Ledger(engine, rulebook)
+        ledger = Ledger(engine, rulebook, max_clock_skew_us=None)
         set_up_member(ledger, 0)  # creates the system accounts before any concurrency
         errors: list[BaseException] = []
         todo = iter(range(1, members))
@@ -330,7 +330,7 @@ def _process_worker(url: str, items: list[dict[str, Any]], members: int, seconds
                     tag: str, seed: int, w: int, start_at: float, out: Any) -> None:
     """One settling process (forked): its own engine and Ledger, like a server worker."""
     engine = create_ledger_engine(url, pool_size=2)
-    ledger = Ledger(engine, settlement.load_rulebook(RULEBOOK))
+    ledger = Ledger(engine, settlement.load_rulebook(RULEBOOK), max_clock_skew_us=None)
     rng = random.Random(f"{seed}-{tag}-{w}")
     latencies: list[float] = []
     errors: Counter[str] = Counter()
@@ -758,7 +758,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.pg_stat_statements:
                 conn.execute("CREATE EXTENSION pg_stat_statements")
         engine = create_ledger_engine(url, pool_size=max(args.workers, 8))
-        ledger = Ledger(engine, rulebook)
+        ledger = Ledger(engine, rulebook, max_clock_skew_us=None)
         log("warm-up")  # single-threaded: first settlements create the system accounts
         warm = single_loop(ledger, items, args.members, min(2.0, args.seconds / 4), "warm",
                            args.seed)

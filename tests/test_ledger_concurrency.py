@@ -42,7 +42,7 @@ def ledger(postgres_cluster, examples_dir: Path, request: pytest.FixtureRequest)
     engine = create_ledger_engine(postgres_cluster.url(dbname=name), pool_size=20)
     upgrade(engine)
     rb = settlement.load_rulebook(examples_dir / "rulebook.toml")
-    yield Ledger(engine, rb)
+    yield Ledger(engine, rb, max_clock_skew_us=None)  # fixed instants
     with engine.connect() as conn:
         assert verify(conn) is None
     engine.dispose()

@@ -29,7 +29,7 @@ def ledger(ledger_url: str, rulebook: settlement.Rulebook):  # noqa: F811
     engine = create_ledger_engine(ledger_url)
     upgrade(engine)
     clock = {"now": NOW}
-    ledger = Ledger(engine, rulebook, clock=lambda: clock["now"])
+    ledger = Ledger(engine, rulebook, clock=lambda: clock["now"], max_clock_skew_us=None)
     ledger.clock_state = clock  # type: ignore[attr-defined]
     yield ledger
     with engine.connect() as conn:
@@ -201,7 +201,8 @@ def test_points_expire_by_job(ledger_url: str, examples_dir: Path) -> None:
     engine = create_ledger_engine(ledger_url)
     upgrade(engine)
     clock = {"now": NOW}
-    ledger = Ledger(engine, settlement.rulebook_from_toml(text), clock=lambda: clock["now"])
+    ledger = Ledger(engine, settlement.rulebook_from_toml(text), clock=lambda: clock["now"],
+                    max_clock_skew_us=None)
     ledger.enroll("S001", "e", member_id="A", tier="gold")
     ledger.settle("S001", "s1", {"member_id": "A", "at": "2026-11-20T10:00:00+08:00",
                                  "lines": [{"sku": "X", "category": "grain",

@@ -50,7 +50,7 @@ def rulebook(examples_dir: Path) -> settlement.Rulebook:
 def ledger(ledger_url: str, rulebook: settlement.Rulebook):
     engine = create_ledger_engine(ledger_url)
     upgrade(engine)
-    yield Ledger(engine, rulebook, clock=lambda: NOW)
+    yield Ledger(engine, rulebook, clock=lambda: NOW, max_clock_skew_us=None)
     with engine.connect() as conn:
         assert verify(conn) is None  # every test leaves a journal that verifies
     engine.dispose()
@@ -218,3 +218,21 @@ def test_walk_in_and_unknown_member(ledger: Ledger) -> None:
         ledger.settle("S001", "w2", {"member_id": "ghost", "lines": []})
     with pytest.raises(settlement.RequestError):
         ledger.settle("S001", "w3", {"lines": [{"sku": "X"}]})
+
+
+def test_backdated_or_future_checkouts_are_refused(ledger_url: str,
+                                                   rulebook: settlement.Rulebook) -> None:
+    """The POS's ``at`` must be within 15 minutes of the ledger's clock by default."""
+    engine = create_ledger_engine(ledger_url)
+    upgrade(engine)
+    ledger = Ledger(engine, rulebook, clock=lambda: NOW)  # default skew: 15 minutes
+    basket = [{"sku": "X", "category": "grain", "unit_price_cents": 100, "quantity": 1}]
+    for at in ("2026-11-22T08:44:59+08:00", "2026-11-22T09:15:01+08:00",
+               "2026-11-01T09:00:00+08:00"):
+        with pytest.raises(settlement.RequestError) as err:
+            ledger.settle("S001", f"k-{at}", {"at": at, "lines": basket})
+        assert err.value.field == "at"
+    for at in ("2026-11-22T08:45:00+08:00", "2026-11-22T09:15:00+08:00", None):
+        request = {"lines": basket} if at is None else {"at": at, "lines": basket}
+        assert ledger.settle("S001", f"ok-{at}", request)["payable_cents"] == 100
+    engine.dispose()

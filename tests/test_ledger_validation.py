@@ -68,7 +68,7 @@ CASES: list[tuple[str, str, Any]] = [
 def ledger(ledger_url: str, rulebook: settlement.Rulebook):  # noqa: F811
     engine = create_ledger_engine(ledger_url)
     upgrade(engine)
-    ledger = Ledger(engine, rulebook, clock=lambda: NOW)
+    ledger = Ledger(engine, rulebook, clock=lambda: NOW, max_clock_skew_us=None)
     ledger.enroll("S", "setup", member_id="A")
     yield ledger
     engine.dispose()

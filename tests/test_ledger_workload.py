@@ -38,7 +38,8 @@ def ledger(postgres_cluster, examples_dir: Path):
     postgres_cluster.create_database(name)
     engine = create_ledger_engine(postgres_cluster.url(dbname=name), pool_size=10)
     upgrade(engine)
-    yield Ledger(engine, settlement.load_rulebook(examples_dir / "rulebook.toml"))
+    yield Ledger(engine, settlement.load_rulebook(examples_dir / "rulebook.toml"),
+                 max_clock_skew_us=None)  # fixed instants
     engine.dispose()
 
 

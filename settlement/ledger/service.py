@@ -37,6 +37,8 @@ from .idempotency import claim, record, request_hash
 from .journal import SYSTEM_KINDS, Account, Transaction, account, balance, system
 
 DAY_US = 86_400 * 1_000_000
+#: How far a settlement's ``at`` may be from the ledger's clock by default.
+MAX_CLOCK_SKEW_US = 15 * 60 * 1_000_000
 CARD_TYPES = ("free", "paid", "tiered", "internal")
 #: The fields of a settle request. The member's state (tier, balances, coupons) always
 #: comes from the database: a request naming ``member`` or ``store`` is refused.
@@ -84,14 +86,19 @@ class Ledger:
     """Member ledger over one database and one rulebook.
 
     ``clock`` returns the current instant in epoch microseconds (tests pass a
-    fixed one).
+    fixed one). A settlement's ``at`` (when the POS sends one) must lie within
+    ``max_clock_skew_us`` of that clock: otherwise a terminal could backdate a
+    checkout to use expired coupons or a past promotion. ``None`` turns the
+    check off (tests and replays with fixed instants).
     """
 
     def __init__(self, engine: Engine, rulebook: Rulebook,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None,
+                 max_clock_skew_us: int | None = MAX_CLOCK_SKEW_US) -> None:
         self.engine = engine
         self.rulebook = rulebook
         self.clock = clock or (lambda: time.time_ns() // 1000)
+        self.max_clock_skew_us = max_clock_skew_us
         # System accounts never change: create them once (committed), then post to the
         # cached ids without a lookup per move. The schema must be migrated first.
         with engine.begin() as conn:
@@ -452,6 +459,10 @@ class Ledger:
                 req: dict[str, Any]) -> dict[str, Any]:
         rb = self.rulebook
         at = parse_instant(req["at"]) if req.get("at") is not None else now
+        skew = self.max_clock_skew_us
+        if skew is not None and abs(at - now) > skew:
+            raise RequestError("at", f"is more than {skew // 60_000_000} minutes from the "
+                               "ledger's clock (a backdated or future checkout)")
         member_id = req.get("member_id")
         if req.get("card_no") is not None:
             carded = self._member_of_card(conn, req["card_no"])
