@@ -274,14 +274,33 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def settle_loop(ledger: Ledger, rng: random.Random, items: list[dict[str, Any]], members: int,
+                now: Callable[[], float], deadline: float, key: str,
+                terminal: str) -> tuple[list[float], Counter[str], dict[str, str]]:
+    """Settle until ``now() >= deadline``: latencies of the successes, errors by type."""
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    n = 0
+    while now() < deadline:
+        request = make_request(rng, items, members)
+        n += 1
+        t0 = time.perf_counter()
+        try:
+            ledger.settle(STORE, f"{key}-{n}", request, terminal=terminal)
+        except Exception as exc:  # noqa: BLE001 - counted by type, reported
+            errors[type(exc).__name__] += 1
+            examples.setdefault(type(exc).__name__, str(exc)[:200])
+            continue
+        latencies.append(time.perf_counter() - t0)
+    return latencies, errors, examples
+
+
 def settle_pass(ledger: Ledger, items: list[dict[str, Any]], members: int, workers: int,
                 seconds: float, tag: str, seed: int,
                 cluster: PostgresCluster | None = None) -> PassResult:
     """``workers`` threads settle for ``seconds``; every one counts if it started in time."""
-    latencies: list[list[float]] = [[] for _ in range(workers)]
-    errors: Counter[str] = Counter()
-    examples: dict[str, str] = {}
-    lock = threading.Lock()
+    outcomes: list[Any] = [None] * workers
     clock: dict[str, float] = {}
 
     def go() -> None:
@@ -292,22 +311,9 @@ def settle_pass(ledger: Ledger, items: list[dict[str, Any]], members: int, worke
 
     def work(w: int) -> None:
         rng = random.Random(f"{seed}-{tag}-{w}")
-        mine = latencies[w]
         barrier.wait()
-        deadline = clock["deadline"]
-        n = 0
-        while time.perf_counter() < deadline:
-            request = make_request(rng, items, members)
-            n += 1
-            t0 = time.perf_counter()
-            try:
-                ledger.settle(STORE, f"{tag}-w{w}-{n}", request, terminal=f"T{w:02d}")
-            except Exception as exc:  # noqa: BLE001 - counted by type, reported
-                with lock:
-                    errors[type(exc).__name__] += 1
-                    examples.setdefault(type(exc).__name__, str(exc)[:200])
-                continue
-            mine.append(time.perf_counter() - t0)
+        outcomes[w] = settle_loop(ledger, rng, items, members, time.perf_counter,
+                                  clock["deadline"], f"{tag}-w{w}", f"T{w:02d}")
 
     meter = CpuMeter(cluster)
     threads = [threading.Thread(target=work, args=(w,), name=f"settle-{w}")
@@ -318,7 +324,12 @@ def settle_pass(ledger: Ledger, items: list[dict[str, Any]], members: int, worke
         t.join()
     elapsed = time.perf_counter() - clock["start"]
     cpu = meter.read()
-    flat = sorted(x for per in latencies for x in per)
+    flat = sorted(x for lat, _, _ in outcomes for x in lat)
+    errors: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for _, errs, exs in outcomes:
+        errors.update(errs)
+        examples.update(exs)
     return PassResult(
         workers=workers, seconds=elapsed, settled=len(flat), per_second=len(flat) / elapsed,
         p50_ms=percentile(flat, 0.50) * 1e3, p99_ms=percentile(flat, 0.99) * 1e3,
@@ -332,22 +343,10 @@ def _process_worker(url: str, items: list[dict[str, Any]], members: int, seconds
     engine = create_ledger_engine(url, pool_size=2)
     ledger = Ledger(engine, settlement.load_rulebook(RULEBOOK), max_clock_skew_us=None)
     rng = random.Random(f"{seed}-{tag}-{w}")
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
     while time.time() < start_at:
         time.sleep(0.001)
-    deadline = start_at + seconds
-    n = 0
-    while time.time() < deadline:
-        request = make_request(rng, items, members)
-        n += 1
-        t0 = time.perf_counter()
-        try:
-            ledger.settle(STORE, f"{tag}-p{w}-{n}", request, terminal=f"P{w:02d}")
-        except Exception as exc:  # noqa: BLE001 - counted by type, reported
-            errors[type(exc).__name__] += 1
-            continue
-        latencies.append(time.perf_counter() - t0)
+    latencies, errors, _ = settle_loop(ledger, rng, items, members, time.time,
+                                       start_at + seconds, f"{tag}-p{w}", f"P{w:02d}")
     engine.dispose()
     out.put((latencies, dict(errors)))
 

@@ -42,6 +42,11 @@ def parse_instant(value: object) -> int:
     return to_micros(dt)
 
 
+def format_instant(micros: int) -> str:
+    """The ISO 8601 string (UTC) of an instant in epoch microseconds."""
+    return (_EPOCH + timedelta(microseconds=micros)).isoformat()
+
+
 def local_instant(value: object, zone: ZoneInfo) -> int:
     """Like :func:`parse_instant`, but naive datetimes and dates are read in ``zone``.
 

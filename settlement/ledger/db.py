@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import tomllib
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.sqlite.dml import Insert as SqliteInsert
 from sqlalchemy.engine import make_url
 
 DEFAULT_URL = "sqlite:///settlement.db"
@@ -70,3 +72,10 @@ def create_ledger_engine(url: str | None = None, *, pool_size: int = 10,
         return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
                              pool_pre_ping=True)
     raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
+
+
+def insert_or_nothing(conn: Connection, table: Table, **values: object) -> SqliteInsert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's database. On PostgreSQL a
+    concurrent insert of the same key waits for the other transaction, then does nothing."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).values(**values).on_conflict_do_nothing()  # type: ignore[return-value]

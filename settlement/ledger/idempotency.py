@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from sqlalchemy import Connection, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from .db import insert_or_nothing
 from .errors import IdempotencyConflict
 from .schema import idempotency_keys
 
@@ -38,12 +38,9 @@ def request_hash(operation: str, request: Any) -> str:
 def claim(conn: Connection, store: str, key: str, operation: str, digest: str,
           now_us: int) -> dict[str, Any] | None:
     """Claim ``key`` for this request: None to execute, or the stored response to return."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     inserted = conn.execute(
-        dialect.insert(idempotency_keys)
-        .values(store=store, key=key, operation=operation, request_hash=digest,
-                response="", created_us=now_us)
-        .on_conflict_do_nothing()
+        insert_or_nothing(conn, idempotency_keys, store=store, key=key, operation=operation,
+                          request_hash=digest, response="", created_us=now_us)
         .returning(idempotency_keys.c.key)
     ).first()
     if inserted is not None:

@@ -14,8 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from .db import insert_or_nothing
 from .errors import InsufficientBalance
 from .schema import SYSTEM, accounts, journal_postings, journal_transactions
 
@@ -63,10 +63,8 @@ def account(conn: Connection, owner: str, kind: str, ref: str = "") -> Account:
     if row is None:
         # Two transactions may create the same account at once (a system account on two
         # members' first operations): ON CONFLICT waits for the other and then reads its row.
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(dialect.insert(accounts).values(
-            owner=owner, kind=kind, ref=ref, asset=asset,
-            balance=None if owner == SYSTEM else 0).on_conflict_do_nothing())
+        conn.execute(insert_or_nothing(conn, accounts, owner=owner, kind=kind, ref=ref,
+                                       asset=asset, balance=None if owner == SYSTEM else 0))
         row = conn.execute(select(accounts.c.id).where(*where)).one()
     return Account(row.id, owner, kind, ref, asset)
 

@@ -19,7 +19,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -29,7 +28,7 @@ import settlement
 from settlement.allocation import allocate, apportion
 from settlement.errors import RequestError
 from settlement.rulebook import Rulebook
-from settlement.timeutil import parse_instant
+from settlement.timeutil import format_instant, parse_instant
 
 from . import schema
 from .errors import Conflict, InsufficientBalance, LedgerError, NotFound
@@ -167,11 +166,13 @@ class Ledger:
         return tiers[0].code
 
     def _grant_points(self, conn: Connection, tx: Transaction, member_id: str, points: int,
-                      now: int, to: Account | None = None) -> list[tuple[str, int, int | None]]:
-        """Queue a points grant on ``tx``; returns the lot to create after ``tx`` is written."""
+                      now: int, to: Account | None = None,
+                      source: str = "points_issued") -> list[tuple[str, int, int | None]]:
+        """Queue a points grant from system account ``source`` on ``tx``; returns the lot
+        (expiring as new points do) to create after ``tx`` is written."""
         if points <= 0:
             return []
-        tx.move(self._sys("points_issued"), to or account(conn, member_id, "points"), points)
+        tx.move(self._sys(source), to or account(conn, member_id, "points"), points)
         days = self.rulebook.points.expiry_days if self.rulebook.points else None
         return [(member_id, points, now + days * DAY_US if days else None)]
 
@@ -472,7 +473,7 @@ class Ledger:
         quote_req = {k: v for k, v in req.items()
                      if k not in ("member_id", "card_no", "expected_payable_cents")}
         quote_req["store"] = store
-        quote_req["at"] = req.get("at") or _iso(at)
+        quote_req["at"] = req.get("at") or format_instant(at)
         m = None
         lots: Any = []
         accs: dict[tuple[str, str], tuple[Account, int]] = {}
@@ -687,7 +688,9 @@ class Ledger:
             tx.move(self._sys("sv_spent"), account(conn, m.id, "sv_principal"), totals["svp"])
             tx.move(self._sys("sv_spent"), account(conn, m.id, "sv_bonus"), totals["svb"])
             if totals["pts_back"]:
-                new_lots = self._grant_back(conn, tx, m.id, totals["pts_back"], now)
+                # points that paid for refunded goods come back as a new lot
+                new_lots = self._grant_points(conn, tx, m.id, totals["pts_back"], now,
+                                              source="points_redeemed")
             taken = totals["pts_taken"]
             if taken:
                 lots = conn.execute(select(schema.points_lots).where(
@@ -734,13 +737,6 @@ class Ledger:
                 "cash_cents": totals["net"] - sv_back, "points_returned": totals["pts_back"],
                 "points_taken_back": totals["pts_taken"], "points_debt_added": debt,
                 "coupons_returned": coupons_back, "voided": void}
-
-    def _grant_back(self, conn: Connection, tx: Transaction, member_id: str, points: int,
-                    now: int) -> list[Any]:
-        """Points that paid for refunded goods come back (a new lot, expiring as new points)."""
-        tx.move(self._sys("points_redeemed"), account(conn, member_id, "points"), points)
-        days = self.rulebook.points.expiry_days if self.rulebook.points else None
-        return [(member_id, points, now + days * DAY_US if days else None)]
 
     # ------------------------------------------------------------------ recharge reversal
 
@@ -922,12 +918,5 @@ class Ledger:
         conn.execute(update(schema.members).where(schema.members.c.id == m.id).values(**values))
 
 
-def _iso(micros: int) -> str:
-    from datetime import datetime, timedelta
-
-    return (datetime(1970, 1, 1, tzinfo=UTC)
-            + timedelta(microseconds=micros)).isoformat()
-
-
 def _iso_or_none(micros: int | None) -> str | None:
-    return None if micros is None else _iso(micros)
+    return None if micros is None else format_instant(micros)
