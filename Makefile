@@ -30,7 +30,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check settlement tests bench
-	$(VENV)/bin/mypy settlement
+	$(VENV)/bin/mypy settlement bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info settlement/_fast/*.c settlement/_fast/*.so

@@ -135,3 +135,43 @@ def test_concurrent_refunds_of_a_walk_in_refund_once(ledger: Ledger) -> None:
     assert len(done) == 1 and done[0]["cash_cents"] == 1000, results
     assert all(isinstance(r, settlement.ledger.errors.Conflict) for r in results
                if not isinstance(r, dict))
+
+
+def _terminate_ledger_connections(postgres_cluster, ledger: Ledger) -> int:
+    """Kill every server process of the ledger's database (what a server restart does to
+    a pool's connections). Returns how many were killed."""
+    dbname = ledger.engine.url.database
+    with postgres_cluster.connect("postgres", autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchone()[0]
+    return int(killed)
+
+
+def test_dead_pooled_connections_are_replaced_without_an_error(
+        ledger: Ledger, postgres_cluster) -> None:
+    """The pool does not ping before use: an operation that meets a dead connection runs
+    once more on a fresh one (settle on the psycopg path, the others through SQLAlchemy),
+    and nothing is applied twice."""
+    ledger.enroll("S001", "e", member_id="A")
+    ledger.recharge("S001", "r", "A", 10_000)
+    first = ledger.settle("S001", "s0", {"member_id": "A", "at": AT, "lines": basket(1000),
+                                         "pay_stored_value_cents": 1000})
+    for step in range(3):
+        # warm several pooled connections, then kill them all
+        race(4, lambda i, step=step: ledger.get_member(member_id="A"))
+        assert _terminate_ledger_connections(postgres_cluster, ledger) >= 1
+        if step == 0:
+            done = ledger.settle("S001", "s1", {"member_id": "A", "at": AT,
+                                                "lines": basket(1000),
+                                                "pay_stored_value_cents": 1000})
+            assert done["stored_value_cents"] == 1000
+        elif step == 1:
+            assert ledger.recharge("S001", "r2", "A", 500)["amount_cents"] == 500
+        else:
+            assert ledger.get_member(member_id="A")["sv_principal_cents"] == 10_000 - 2000 + 500
+    # a retry of the first settlement still answers from its key, applied once
+    assert ledger.settle("S001", "s0", {"member_id": "A", "at": AT, "lines": basket(1000),
+                                        "pay_stored_value_cents": 1000}) == first
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.settlements)).scalar() == 2

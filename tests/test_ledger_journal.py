@@ -95,6 +95,48 @@ def test_verify_reports_tampering(engine) -> None:
         assert problem is not None and "does not sum to zero" in problem
 
 
+def test_verify_reports_references_without_foreign_keys(engine) -> None:
+    """Postings and settlement lines carry no foreign keys (migration 0002): verify finds a
+    posting without its transaction or account, and a line without its settlement."""
+    with engine.begin() as conn:
+        conn.execute(insert(schema.members).values(id="M1", tier="normal", card_type="free",
+                                                   created_us=0))
+    tx_id = grant(engine, "M1", 40)
+    with engine.connect() as conn:
+        assert verify(conn) is None
+    acc = account_id(engine, "M1")
+    cases = [
+        (insert(schema.journal_postings), [
+            {"tx_id": tx_id + 1000, "account_id": acc, "asset": "points", "amount": 3},
+            {"tx_id": tx_id + 1000, "account_id": acc, "asset": "points", "amount": -3}],
+         "belongs to no transaction"),
+        (insert(schema.journal_postings), [
+            {"tx_id": tx_id, "account_id": acc + 1000, "asset": "points", "amount": 3},
+            {"tx_id": tx_id, "account_id": acc, "asset": "points", "amount": -3}],
+         "account does not exist"),
+        (insert(schema.settlement_lines), [{
+            "settlement_id": "S-none", "line_no": 0, "sku": "X", "category": "c",
+            "unit_price_cents": 1, "quantity": 1, "gross_cents": 1, "count_card_cents": 0,
+            "item_discount_cents": 0, "item_discount_source": "", "coupon_discount_cents": 0,
+            "points_offset_cents": 0, "rounding_cents": 0, "net_cents": 1,
+            "sv_principal_cents": 0, "sv_bonus_cents": 0, "points_redeemed": 0,
+            "points_earned": 0}],
+         "belongs to no settlement"),
+    ]
+    for statement, rows, expected in cases:
+        with engine.connect() as conn:
+            conn.execute(statement, rows)
+            problem = verify(conn)
+            assert problem is not None and expected in problem, problem
+            conn.rollback()
+
+
+def account_id(engine, member: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(schema.accounts.c.id).where(
+            schema.accounts.c.owner == member, schema.accounts.c.kind == "points")).scalar_one())
+
+
 def test_idempotency_claim_replay_conflict(engine) -> None:
     digest = request_hash("settle", {"a": 1, "b": [1, 2]})
     assert digest == request_hash("settle", {"b": [1, 2], "a": 1})  # canonical: key order

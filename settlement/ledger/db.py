@@ -69,8 +69,9 @@ def create_ledger_engine(url: str | None = None, *, pool_size: int = 10,
 
         return engine
     if backend == "postgresql":
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                             pool_pre_ping=True)
+        # No pre-ping (a round trip per checkout): the ledger retries an operation once on
+        # a fresh connection when its connection turns out dead (see Ledger).
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size)
     raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
 
 

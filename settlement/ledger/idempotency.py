@@ -47,10 +47,16 @@ def claim(conn: Connection, store: str, key: str, operation: str, digest: str,
         return None
     row = conn.execute(select(idempotency_keys).where(
         idempotency_keys.c.store == store, idempotency_keys.c.key == key)).one()
-    if row.operation != operation or row.request_hash != digest:
+    return replay(store, key, operation, digest, row.operation, row.request_hash, row.response)
+
+
+def replay(store: str, key: str, operation: str, digest: str, stored_operation: str,
+           stored_digest: str, stored_response: str) -> dict[str, Any]:
+    """The stored response of an executed key, if this request is the same one."""
+    if stored_operation != operation or stored_digest != digest:
         raise IdempotencyConflict(
             f"idempotency key {key!r} of store {store!r} was used for another request")
-    return json.loads(row.response)
+    return json.loads(stored_response)  # type: ignore[no-any-return]
 
 
 def record(conn: Connection, store: str, key: str, response: dict[str, Any]) -> None:

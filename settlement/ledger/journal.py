@@ -94,38 +94,44 @@ class Transaction:
             raise ValueError(f"cannot move between {src.asset} and {dst.asset}")
         self.moves.append((src.asset, src, dst, amount))
 
+    def postings(self) -> list[tuple[int, str, int]]:
+        """The signed postings ``(account_id, asset, amount)``, two per move."""
+        out = []
+        for asset, src, dst, amount in self.moves:
+            out.append((src.id, asset, -amount))
+            out.append((dst.id, asset, amount))
+        return out
+
+    def deltas(self) -> list[tuple[Account, int]]:
+        """The non-zero net change of each member account, in account-id order (the order
+        every writer updates balances in: no deadlock between two writers)."""
+        delta: dict[int, int] = defaultdict(int)
+        members: dict[int, Account] = {}
+        for _asset, src, dst, amount in self.moves:
+            for acc, signed in ((src, -amount), (dst, amount)):
+                if not acc.is_system:
+                    delta[acc.id] += signed
+                    members[acc.id] = acc
+        return [(members[i], delta[i]) for i in sorted(delta) if delta[i]]
+
     def write(self, conn: Connection) -> int:
         """Write the transaction, its postings and the member balances; returns its id."""
         tx_id = conn.execute(insert(journal_transactions).values(
             kind=self.kind, ref=self.ref, store=self.store, created_us=self.created_us)
             .returning(journal_transactions.c.id)).scalar_one()
-        postings = []
-        delta: dict[int, int] = defaultdict(int)
-        members: dict[int, Account] = {}
-        for asset, src, dst, amount in self.moves:
-            postings.append({"tx_id": tx_id, "account_id": src.id, "asset": asset,
-                             "amount": -amount})
-            postings.append({"tx_id": tx_id, "account_id": dst.id, "asset": asset,
-                             "amount": amount})
-            for acc, signed in ((src, -amount), (dst, amount)):
-                if not acc.is_system:
-                    delta[acc.id] += signed
-                    members[acc.id] = acc
+        postings = [{"tx_id": tx_id, "account_id": acc_id, "asset": asset, "amount": amount}
+                    for acc_id, asset, amount in self.postings()]
         if postings:
             conn.execute(insert(journal_postings), postings)
-        for acc_id in sorted(delta):  # a fixed order: no deadlock between two writers
-            d = delta[acc_id]
-            if d == 0:
-                continue
+        for acc, d in self.deltas():
             done = conn.execute(
                 update(accounts)
-                .where(accounts.c.id == acc_id, accounts.c.balance + d >= 0)
+                .where(accounts.c.id == acc.id, accounts.c.balance + d >= 0)
                 .values(balance=accounts.c.balance + d)
             ).rowcount
             if done != 1:
-                acc = members[acc_id]
                 have = conn.execute(select(accounts.c.balance)
-                                    .where(accounts.c.id == acc_id)).scalar_one()
+                                    .where(accounts.c.id == acc.id)).scalar_one()
                 raise InsufficientBalance(acc.owner, acc.kind, acc.ref, -(have + d))
         return int(tx_id)
 

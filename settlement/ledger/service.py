@@ -19,10 +19,12 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, Engine, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import settlement
 from settlement.allocation import allocate, apportion
@@ -30,10 +32,11 @@ from settlement.errors import RequestError
 from settlement.rulebook import Rulebook
 from settlement.timeutil import format_instant, parse_instant
 
-from . import schema
+from . import pg_settle, schema
 from .errors import Conflict, InsufficientBalance, LedgerError, NotFound
 from .idempotency import claim, record, request_hash
 from .journal import SYSTEM_KINDS, Account, Transaction, account, balance, system
+from .snapshot import MemberRow, MemberSnapshot, load_snapshot, snapshot_from_pg
 
 DAY_US = 86_400 * 1_000_000
 #: How far a settlement's ``at`` may be from the ledger's clock by default.
@@ -44,6 +47,34 @@ CARD_TYPES = ("free", "paid", "tiered", "internal")
 SETTLE_FIELDS = frozenset({"member_id", "card_no", "at", "lines", "coupon_ids", "auto_coupons",
                            "redeem_points", "pay_stored_value_cents",
                            "expected_payable_cents"})
+
+
+_T = TypeVar("_T")
+
+
+class _Disconnected(Exception):
+    """The PostgreSQL path found its connection dead (retried once on a fresh one)."""
+
+
+@dataclass
+class SettlePlan:
+    """Every write of one settlement, worked out from the member's snapshot before
+    anything is written; the portable and the PostgreSQL paths both apply it."""
+
+    sid: str
+    member_id: str | None
+    tx: Transaction
+    coupon_ids: list[str] = field(default_factory=list)
+    #: (lot id, points taken)
+    lot_takes: list[tuple[int, int]] = field(default_factory=list)
+    #: lots to create: (member, points, expires_us, remaining)
+    new_lots: list[Any] = field(default_factory=list)
+    #: the member row's new cumulative_spend_cents, tier, points_debt
+    member_values: dict[str, Any] | None = None
+    #: the settlements row (without tx_id) and its settlement_lines rows
+    settlement: dict[str, Any] = field(default_factory=dict)
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    response: dict[str, Any] = field(default_factory=dict)
 
 
 class PriceChanged(LedgerError):
@@ -106,41 +137,52 @@ class Ledger:
     def _sys(self, kind: str) -> Account:
         return self._system[kind]
 
-    @staticmethod
-    def _acc(conn: Connection, accs: dict[tuple[str, str], tuple[Account, int]], member_id: str,
-             kind: str, ref: str = "") -> tuple[Account, int]:
-        """A preloaded member account (created when missing) and its balance."""
-        hit = accs.get((kind, ref))
-        if hit is None:
-            hit = accs[(kind, ref)] = (account(conn, member_id, kind, ref),
-                                       balance(conn, member_id, kind, ref))
-        return hit
-
-    @staticmethod
-    def _accounts(conn: Connection, member_id: str) -> dict[tuple[str, str], tuple[Account, int]]:
-        """All of a member's accounts, with balances, in one query."""
-        rows = conn.execute(select(
-            schema.accounts.c.id, schema.accounts.c.kind, schema.accounts.c.ref,
-            schema.accounts.c.asset, schema.accounts.c.balance)
-            .where(schema.accounts.c.owner == member_id)).all()
-        return {(r.kind, r.ref): (Account(r.id, member_id, r.kind, r.ref, r.asset),
-                                  int(r.balance)) for r in rows}
-
     # ------------------------------------------------------------------ plumbing
 
     def _idempotent(self, store: str, key: str, operation: str, request: Any,
-                    body: Callable[[Connection, int], dict[str, Any]]) -> dict[str, Any]:
+                    body: Callable[[Connection, int], dict[str, Any]],
+                    settles: bool = False) -> dict[str, Any]:
+        """Run ``body`` once per (store, key). ``settles``: the response is a receipt
+        already kept in ``settlements``; the key keeps only its settlement id."""
         _text("store", store)
         _text("idempotency_key", key)
         digest = request_hash(operation, request)
-        with self.engine.begin() as conn:
-            now = self.clock()
-            stored = claim(conn, store, key, operation, digest, now)
-            if stored is not None:
-                return stored
-            response = body(conn, now)
-            record(conn, store, key, response)
-            return response
+
+        def run() -> dict[str, Any]:
+            with self.engine.begin() as conn:
+                now = self.clock()
+                stored = claim(conn, store, key, operation, digest, now)
+                if stored is not None:
+                    return self._receipt_of(conn, stored) if settles else stored
+                response = body(conn, now)
+                record(conn, store, key, _stored_settle(response) if settles else response)
+                return response
+
+        return self._once_more_if_disconnected(run)
+
+    def _once_more_if_disconnected(self, run: Callable[[], _T]) -> _T:
+        """Run ``run``, and once more on a fresh connection if the database connection turned
+        out dead (a restarted server, a dropped link: the pool does not ping first). Safe for
+        mutations: each is idempotent by key, so a retry after a commit whose reply was lost
+        returns the stored response. A database that is down fails the retry too."""
+        try:
+            return run()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:  # SQLAlchemy invalidated the pool already
+                raise
+        except _Disconnected:
+            pass
+        return run()
+
+    @staticmethod
+    def _receipt_of(conn: Connection, stored: dict[str, Any]) -> dict[str, Any]:
+        """A settle response from its key's stored form (the settlement id)."""
+        if set(stored) != {"settlement_id"}:
+            return stored  # a whole response, as stored before the receipt was shared
+        sid = stored["settlement_id"]
+        receipt = conn.execute(select(schema.settlements.c.receipt)
+                               .where(schema.settlements.c.id == sid)).scalar_one()
+        return {**json.loads(receipt), "settlement_id": sid}
 
     def _lock_member(self, conn: Connection, member_id: str) -> Any:
         query = select(schema.members).where(schema.members.c.id == member_id)
@@ -166,15 +208,23 @@ class Ledger:
         return tiers[0].code
 
     def _grant_points(self, conn: Connection, tx: Transaction, member_id: str, points: int,
-                      now: int, to: Account | None = None,
-                      source: str = "points_issued") -> list[tuple[str, int, int | None]]:
-        """Queue a points grant from system account ``source`` on ``tx``; returns the lot
-        (expiring as new points do) to create after ``tx`` is written."""
+                      now: int, source: str = "points_issued") -> list[Any]:
+        """:meth:`_points_grant` to the member's points account."""
         if points <= 0:
             return []
-        tx.move(self._sys(source), to or account(conn, member_id, "points"), points)
+        return self._points_grant(tx, account(conn, member_id, "points"), member_id, points,
+                                  now, source)
+
+    def _points_grant(self, tx: Transaction, to: Account, member_id: str, points: int,
+                      now: int, source: str = "points_issued") -> list[Any]:
+        """Queue a points grant from system account ``source`` on ``tx``; returns the lot
+        ``(member, points, expires_us, remaining)`` (expiring as new points do) to create
+        after ``tx`` is written."""
+        if points <= 0:
+            return []
+        tx.move(self._sys(source), to, points)
         days = self.rulebook.points.expiry_days if self.rulebook.points else None
-        return [(member_id, points, now + days * DAY_US if days else None)]
+        return [(member_id, points, now + days * DAY_US if days else None, points)]
 
     @staticmethod
     def _write_lots(conn: Connection, tx_id: int, lots: list[Any], now: int) -> None:
@@ -241,6 +291,11 @@ class Ledger:
         for name, value in (("member_id", member_id), ("phone", phone), ("card_no", card_no)):
             _text(name, value, required=False)
         _int("at_us", at_us, *INSTANT, required=False)
+        return self._once_more_if_disconnected(
+            lambda: self._get_member(member_id, phone, card_no, at_us))
+
+    def _get_member(self, member_id: str | None, phone: str | None, card_no: str | None,
+                    at_us: int | None) -> dict[str, Any]:
         with self.engine.connect() as conn:
             if card_no is not None:
                 row = conn.execute(select(schema.cards.c.member_id)
@@ -252,44 +307,20 @@ class Ledger:
                 member_id = row.id if row else None
             if member_id is None:
                 raise NotFound("member not found")
-            m = conn.execute(select(schema.members)
-                             .where(schema.members.c.id == member_id)).first()
-            if m is None:
-                raise NotFound(f"member {member_id!r} not found")
-            return self._state(conn, m, self.clock() if at_us is None else at_us)
-
-    def _state(self, conn: Connection, m: Any, at: int,
-               accs: dict[tuple[str, str], tuple[Account, int]] | None = None,
-               lots: Sequence[Any] | None = None) -> dict[str, Any]:
-        if accs is None:
-            accs = self._accounts(conn, m.id)
-        if lots is None:
-            lots = self._lots(conn, m.id)
-        usable = sum(r.remaining for r in lots if r.expires_us is None or r.expires_us > at)
-
-        def bal(kind: str, ref: str = "") -> int:
-            hit = accs.get((kind, ref))
-            return hit[1] if hit else 0
-
-        coupons = conn.execute(select(schema.coupons).where(
-            schema.coupons.c.member_id == m.id, schema.coupons.c.state == "available")
-            .order_by(schema.coupons.c.id)).all()
-        cards = conn.execute(select(schema.count_cards)
-                             .where(schema.count_cards.c.member_id == m.id)
-                             .order_by(schema.count_cards.c.id)).all()
+            snap = load_snapshot(conn, member_id, lock=False)
+        m, at = snap.member, self.clock() if at_us is None else at_us
         return {
             "member_id": m.id, "phone": m.phone, "tier": m.tier, "card_type": m.card_type,
             "cumulative_spend_cents": m.cumulative_spend_cents,
-            "points_balance": usable,
-            "points_total": bal("points"),
+            "points_balance": snap.usable_points(at),
+            "points_total": snap.balance("points"),
             "points_debt": m.points_debt,
-            "sv_principal_cents": bal("sv_principal"),
-            "sv_bonus_cents": bal("sv_bonus"),
-            "coupons": [{"id": c.id, "template": c.template, "valid_from_us": c.valid_from_us,
-                         "valid_until_us": c.valid_until_us} for c in coupons],
-            "count_cards": [{"id": k.id, "skus": json.loads(k.skus),
-                             "uses": bal("count_card", k.id),
-                             "valid_until_us": k.valid_until_us} for k in cards],
+            "sv_principal_cents": snap.balance("sv_principal"),
+            "sv_bonus_cents": snap.balance("sv_bonus"),
+            "coupons": [{"id": cid, "template": template, "valid_from_us": vf,
+                         "valid_until_us": vu} for cid, template, vf, vu in snap.coupons],
+            "count_cards": [{"id": kid, "skus": skus, "uses": snap.balance("count_card", kid),
+                             "valid_until_us": vu} for kid, skus, vu in snap.count_cards],
         }
 
     # ------------------------------------------------------------------ coupons, recharge
@@ -450,49 +481,127 @@ class Ledger:
             except ValueError as exc:
                 raise RequestError("at", str(exc)) from None
 
+        request = {"request": payload, "terminal": terminal}
+        if self.engine.dialect.name == "postgresql":
+            _text("store", store)
+            _text("idempotency_key", key)
+            digest = request_hash("settle", request)
+            return self._once_more_if_disconnected(
+                lambda: self._settle_pg(store, key, digest, payload, terminal))
+
         def body(conn: Connection, now: int) -> dict[str, Any]:
             return self._settle(conn, now, store, terminal, payload)
 
-        return self._idempotent(store, key, "settle", {"request": payload, "terminal": terminal},
-                                body)
+        return self._idempotent(store, key, "settle", request, body, settles=True)
 
     def _settle(self, conn: Connection, now: int, store: str, terminal: str | None,
                 req: dict[str, Any]) -> dict[str, Any]:
-        rb = self.rulebook
-        at = parse_instant(req["at"]) if req.get("at") is not None else now
-        skew = self.max_clock_skew_us
-        if skew is not None and abs(at - now) > skew:
-            raise RequestError("at", f"is more than {skew // 60_000_000} minutes from the "
-                               "ledger's clock (a backdated or future checkout)")
+        """The portable path (SQLAlchemy Core): read, plan, apply."""
+        at = self._settle_at(req, now)
         member_id = req.get("member_id")
         if req.get("card_no") is not None:
             carded = self._member_of_card(conn, req["card_no"])
             if member_id is not None and member_id != carded:
                 raise Conflict("card_no belongs to another member")
             member_id = carded
+        snap = load_snapshot(conn, member_id, lock=True) if member_id is not None else None
+
+        def ensure(kind: str, ref: str) -> Account:
+            assert snap is not None
+            return account(conn, snap.member.id, kind, ref)
+
+        plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure)
+        self._apply_settlement(conn, plan, now)
+        return plan.response
+
+    def _settle_pg(self, store: str, key: str, digest: str, req: dict[str, Any],
+                   terminal: str | None) -> dict[str, Any]:
+        """The PostgreSQL path: the same checks and plan in three round trips
+        (:mod:`settlement.ledger.pg_settle`)."""
+        fairy = self.engine.raw_connection()
+        pg = fairy.driver_connection
+        assert pg is not None
+        try:
+            now = self.clock()
+            stored, card, row = pg_settle.begin(pg, store, key, "settle", digest, now,
+                                                req.get("member_id"), req.get("card_no"))
+            if stored is not None:
+                if set(stored) == {"settlement_id"}:
+                    stored = {**json.loads(pg_settle.receipt(pg, stored["settlement_id"])),
+                              "settlement_id": stored["settlement_id"]}
+                pg.rollback()
+                return stored
+            at = self._settle_at(req, now)
+            member_id = req.get("member_id")
+            if req.get("card_no") is not None:
+                if card is None:
+                    raise NotFound(f"card {req['card_no']!r} not found")
+                if card[1] != "active":
+                    raise Conflict(f"card {req['card_no']!r} is {card[1]}")
+                if member_id is not None and member_id != card[0]:
+                    raise Conflict("card_no belongs to another member")
+                member_id = card[0]
+            snap = None
+            if member_id is not None:
+                if row is None:
+                    raise NotFound(f"member {member_id!r} not found")
+                snap = snapshot_from_pg(row)
+
+            def ensure(kind: str, ref: str) -> Account:
+                assert snap is not None
+                return pg_settle.ensure_account(pg, snap.member.id, kind, ref)
+
+            plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure)
+            pg_settle.write(pg, plan, store, key, now)
+            pg.commit()
+            return plan.response
+        except psycopg.OperationalError as exc:
+            if not pg.broken:
+                pg.rollback()
+                raise
+            # A dead connection: drop it, and the pool's other connections of its age.
+            fairy.invalidate(exc)
+            self.engine.dispose(close=False)
+            raise _Disconnected() from exc
+        except BaseException:
+            if not pg.closed:
+                pg.rollback()
+            raise
+        finally:
+            fairy.close()
+
+    def _settle_at(self, req: Mapping[str, Any], now: int) -> int:
+        """The settlement's instant: the request's ``at`` (within the clock skew) or now."""
+        at = parse_instant(req["at"]) if req.get("at") is not None else now
+        skew = self.max_clock_skew_us
+        if skew is not None and abs(at - now) > skew:
+            raise RequestError("at", f"is more than {skew // 60_000_000} minutes from the "
+                               "ledger's clock (a backdated or future checkout)")
+        return at
+
+    def _plan_settlement(self, snap: MemberSnapshot | None, store: str, terminal: str | None,
+                         req: dict[str, Any], at: int, now: int,
+                         ensure: Callable[[str, str], Account]) -> SettlePlan:
+        """Price ``req`` against ``snap`` (read under the member's lock) and work out every
+        write of the settlement; nothing is written here. ``ensure`` creates a member
+        account the snapshot lacks."""
+        rb = self.rulebook
         quote_req = {k: v for k, v in req.items()
                      if k not in ("member_id", "card_no", "expected_payable_cents")}
         quote_req["store"] = store
         quote_req["at"] = req.get("at") or format_instant(at)
-        m = None
-        lots: Any = []
-        accs: dict[tuple[str, str], tuple[Account, int]] = {}
-        if member_id is not None:
-            m = self._lock_member(conn, member_id)
-            accs = self._accounts(conn, m.id)
-            lots = self._lots(conn, m.id)
-            state = self._state(conn, m, at, accs, lots)
+        m = snap.member if snap is not None else None
+        if snap is not None and m is not None:
             quote_req["member"] = {
                 "id": m.id, "tier": self._effective_tier(m, at),
-                "points_balance": state["points_balance"],
-                "stored_value_cents": state["sv_principal_cents"] + state["sv_bonus_cents"],
-                "coupons": [{"id": c["id"], "template": c["template"],
-                             "valid_from": _iso_or_none(c["valid_from_us"]),
-                             "valid_until": _iso_or_none(c["valid_until_us"])}
-                            for c in state["coupons"]],
-                "count_cards": [{"id": k["id"], "skus": k["skus"], "uses": k["uses"],
-                                 "valid_until": _iso_or_none(k["valid_until_us"])}
-                                for k in state["count_cards"]],
+                "points_balance": snap.usable_points(at),
+                "stored_value_cents": snap.balance("sv_principal") + snap.balance("sv_bonus"),
+                "coupons": [{"id": cid, "template": template,
+                             "valid_from": _iso_or_none(vf), "valid_until": _iso_or_none(vu)}
+                            for cid, template, vf, vu in snap.coupons],
+                "count_cards": [{"id": kid, "skus": skus, "uses": snap.balance("count_card", kid),
+                                 "valid_until": _iso_or_none(vu)}
+                                for kid, skus, vu in snap.count_cards],
             }
         receipt = settlement.quote(rb, quote_req)
         expected = req.get("expected_payable_cents")
@@ -503,62 +612,54 @@ class Ledger:
             raise InsufficientBalance(m.id, "stored_value", "",
                                       wanted_sv - receipt["stored_value_cents"])
 
+        def acc(kind: str, ref: str = "") -> Account:
+            assert snap is not None
+            hit = snap.accounts.get((kind, ref))
+            return hit[0] if hit is not None else ensure(kind, ref)
+
         sid = _new_id("S")
         tx = Transaction("settle", sid, store, now)
         n = len(receipt["lines"])
-        sv_principal = sv_bonus = 0
+        sv_bonus = 0
         line_points_redeemed = [0] * n
         line_points_earned = [0] * n
         line_sv = [0] * n
         line_sv_bonus = [0] * n
-        new_lots: list[Any] = []
-        if m is not None:
-            for c in receipt["applied_coupons"]:
-                done = conn.execute(update(schema.coupons).where(
-                    schema.coupons.c.id == c["id"], schema.coupons.c.member_id == m.id,
-                    schema.coupons.c.state == "available").values(
-                    state="redeemed", settlement_id=sid)).rowcount
-                if done != 1:
-                    raise Conflict(f"coupon {c['id']!r} is no longer available")
+        plan = SettlePlan(sid, m.id if m is not None else None, tx)
+        if snap is not None and m is not None:
+            plan.coupon_ids = [c["id"] for c in receipt["applied_coupons"]]
             redeemed = receipt["points_redeemed"]
             if redeemed:
-                self._spend_lots(conn, lots, redeemed, at)
-                points_acc = self._acc(conn, accs, m.id, "points")[0]
-                tx.move(points_acc, self._sys("points_redeemed"), redeemed)
+                plan.lot_takes = self._lot_takes(snap.lots, redeemed, at)
+                tx.move(acc("points"), self._sys("points_redeemed"), redeemed)
                 line_points_redeemed = apportion(
                     redeemed, [ln["points_offset_cents"] for ln in receipt["lines"]])
             used = receipt["stored_value_cents"]
             if used:
-                p_acc, principal = self._acc(conn, accs, m.id, "sv_principal")
-                b_acc, bonus = self._acc(conn, accs, m.id, "sv_bonus")
+                principal, bonus = snap.balance("sv_principal"), snap.balance("sv_bonus")
                 sv_bonus = used * bonus // (principal + bonus)
-                sv_principal = used - sv_bonus
-                tx.move(p_acc, self._sys("sv_spent"), sv_principal)
-                tx.move(b_acc, self._sys("sv_spent"), sv_bonus)
+                tx.move(acc("sv_principal"), self._sys("sv_spent"), used - sv_bonus)
+                tx.move(acc("sv_bonus"), self._sys("sv_spent"), sv_bonus)
                 line_sv = allocate(used, [ln["net_cents"] for ln in receipt["lines"]])
                 line_sv_bonus = allocate(sv_bonus, line_sv)
             for card in receipt["count_cards_used"]:
-                tx.move(self._acc(conn, accs, m.id, "count_card", card["id"])[0],
-                        self._sys("uses_spent"), card["uses"])
+                tx.move(acc("count_card", card["id"]), self._sys("uses_spent"), card["uses"])
             earned = receipt["points_earned"]
+            debt = m.points_debt
             if earned:
-                new_lots = self._grant_points(conn, tx, m.id, earned, now,
-                                              self._acc(conn, accs, m.id, "points")[0])
-                repay = min(m.points_debt, earned)
+                plan.new_lots = self._points_grant(tx, acc("points"), m.id, earned, now)
+                repay = min(debt, earned)
                 if repay:  # earned points first pay off a refund's points debt
-                    tx.move(self._acc(conn, accs, m.id, "points")[0],
-                            self._sys("points_clawed_back"), repay)
-                    new_lots = [(m.id, earned, new_lots[0][2], earned - repay)]
-                    conn.execute(update(schema.members).where(schema.members.c.id == m.id)
-                                 .values(points_debt=schema.members.c.points_debt - repay))
+                    tx.move(acc("points"), self._sys("points_clawed_back"), repay)
+                    plan.new_lots = [(m.id, earned, plan.new_lots[0][2], earned - repay)]
+                    debt -= repay
                 earning = [ln["net_cents"] if self._earns(line) else 0
                            for ln, line in zip(receipt["lines"], req["lines"], strict=True)]
                 line_points_earned = apportion(earned, earning)
-            self._add_spend(conn, m, receipt["payable_cents"])
-        tx_id = tx.write(conn)
-        self._write_lots(conn, tx_id, new_lots, now)
-        conn.execute(insert(schema.settlements).values(
-            id=sid, store=store, terminal=terminal, member_id=m.id if m is not None else None,
+            plan.member_values = {**self._spend_values(m, receipt["payable_cents"]),
+                                  "points_debt": debt}
+        plan.settlement = dict(
+            id=sid, store=store, terminal=terminal, member_id=plan.member_id,
             at_us=at, rulebook_version=rb.version,
             gross_cents=receipt["gross_cents"], count_card_cents=receipt["count_card_cents"],
             item_discount_cents=receipt["item_discount_cents"],
@@ -569,16 +670,35 @@ class Ledger:
             due_cents=receipt["due_cents"], points_redeemed=receipt["points_redeemed"],
             points_earned=receipt["points_earned"],
             receipt=json.dumps(receipt, separators=(",", ":"), ensure_ascii=False),
-            tx_id=tx_id, created_us=now))
-        conn.execute(insert(schema.settlement_lines), [
+            created_us=now)
+        plan.lines = [
             {"settlement_id": sid, "line_no": i, "sku": line["sku"], "category": line["category"],
              "unit_price_cents": line["unit_price_cents"], "quantity": line["quantity"],
              "count_card_id": line.get("count_card_id"), **ln,
              "sv_principal_cents": line_sv[i] - line_sv_bonus[i],
              "sv_bonus_cents": line_sv_bonus[i], "points_redeemed": line_points_redeemed[i],
              "points_earned": line_points_earned[i]}
-            for i, (line, ln) in enumerate(zip(req["lines"], receipt["lines"], strict=True))])
-        return {**receipt, "settlement_id": sid}
+            for i, (line, ln) in enumerate(zip(req["lines"], receipt["lines"], strict=True))]
+        plan.response = {**receipt, "settlement_id": sid}
+        return plan
+
+    def _apply_settlement(self, conn: Connection, plan: SettlePlan, now: int) -> None:
+        """Write ``plan`` with SQLAlchemy Core, every update guarded by the state it read."""
+        for cid in plan.coupon_ids:
+            done = conn.execute(update(schema.coupons).where(
+                schema.coupons.c.id == cid, schema.coupons.c.member_id == plan.member_id,
+                schema.coupons.c.state == "available").values(
+                state="redeemed", settlement_id=plan.sid)).rowcount
+            if done != 1:
+                raise Conflict(f"coupon {cid!r} is no longer available")
+        self._take_from_lots(conn, plan.lot_takes)
+        if plan.member_values is not None:
+            conn.execute(update(schema.members).where(schema.members.c.id == plan.member_id)
+                         .values(**plan.member_values))
+        tx_id = plan.tx.write(conn)
+        self._write_lots(conn, tx_id, plan.new_lots, now)
+        conn.execute(insert(schema.settlements).values(**plan.settlement, tx_id=tx_id))
+        conn.execute(insert(schema.settlement_lines), plan.lines)
 
     # ------------------------------------------------------------------ refund, void
 
@@ -667,11 +787,11 @@ class Ledger:
                     "points_returned": part(r.points_redeemed),
                     "points_taken_back": part(r.points_earned)}
             out_lines.append(line)
-            for name, field in (("net", "net_cents"), ("coupon", "coupon_discount_cents"),
-                                ("offset", "points_offset_cents"), ("svp", "sv_principal_cents"),
-                                ("svb", "sv_bonus_cents"), ("pts_back", "points_returned"),
-                                ("pts_taken", "points_taken_back")):
-                totals[name] += line[field]
+            for name, column in (("net", "net_cents"), ("coupon", "coupon_discount_cents"),
+                                 ("offset", "points_offset_cents"), ("svp", "sv_principal_cents"),
+                                 ("svb", "sv_bonus_cents"), ("pts_back", "points_returned"),
+                                 ("pts_taken", "points_taken_back")):
+                totals[name] += line[column]
             if r.count_card_id is not None and m is not None:
                 tx.move(self._sys("uses_spent"),
                         account(conn, m.id, "count_card", r.count_card_id), k)
@@ -865,12 +985,6 @@ class Ledger:
                 members += 1
         return {"points_expired": expired, "members": members}
 
-    @staticmethod
-    def _lots(conn: Connection, member_id: str) -> Sequence[Any]:
-        return conn.execute(select(schema.points_lots).where(
-            schema.points_lots.c.member_id == member_id,
-            schema.points_lots.c.remaining > 0)).all()
-
     def _earns(self, line: Mapping[str, Any]) -> bool:
         cat = self.rulebook.categories.get(line["category"])
         return cat is None or cat.earns_points
@@ -885,29 +999,41 @@ class Ledger:
         return str(m.tier)
 
     @staticmethod
-    def _spend_lots(conn: Connection, lots: Sequence[Any], points: int, at: int) -> None:
-        """Spend ``points`` from unexpired lots, earliest expiry first (no expiry last)."""
+    def _lot_takes(lots: Sequence[Any], points: int, at: int) -> list[tuple[int, int]]:
+        """What to take from which lot to spend ``points``: unexpired lots, earliest expiry
+        first (no expiry last)."""
         usable = sorted((lot for lot in lots if lot.expires_us is None or lot.expires_us > at),
                         key=lambda lot: (lot.expires_us is None, lot.expires_us or 0, lot.id))
+        takes = []
         left = points
         for lot in usable:
             if left == 0:
                 break
             take = min(left, lot.remaining)
-            done = conn.execute(update(schema.points_lots).where(
-                schema.points_lots.c.id == lot.id, schema.points_lots.c.remaining >= take)
-                .values(remaining=schema.points_lots.c.remaining - take)).rowcount
-            if done != 1:
-                raise Conflict("points lots changed concurrently")
+            takes.append((lot.id, take))
             left -= take
         if left:
             raise InsufficientBalance(str(lots[0].member_id) if lots else "?", "points", "", left)
+        return takes
 
-    def _add_spend(self, conn: Connection, m: Any, payable: int) -> None:
-        """Cumulative spend; a ``tiered`` card moves up when it crosses ``upgrade_at_cents``
-        (the new tier applies from the next settlement on)."""
+    @staticmethod
+    def _take_from_lots(conn: Connection, takes: list[tuple[int, int]]) -> None:
+        for lot_id, take in takes:
+            done = conn.execute(update(schema.points_lots).where(
+                schema.points_lots.c.id == lot_id, schema.points_lots.c.remaining >= take)
+                .values(remaining=schema.points_lots.c.remaining - take)).rowcount
+            if done != 1:
+                raise Conflict("points lots changed concurrently")
+
+    def _spend_lots(self, conn: Connection, lots: Sequence[Any], points: int, at: int) -> None:
+        """Spend ``points`` from ``lots`` (see :meth:`_lot_takes`)."""
+        self._take_from_lots(conn, self._lot_takes(lots, points, at))
+
+    def _spend_values(self, m: MemberRow, payable: int) -> dict[str, Any]:
+        """Cumulative spend after paying ``payable``; a ``tiered`` card moves up when it
+        crosses ``upgrade_at_cents`` (the new tier applies from the next settlement on)."""
         spend = m.cumulative_spend_cents + payable
-        values: dict[str, Any] = {"cumulative_spend_cents": spend}
+        values: dict[str, Any] = {"cumulative_spend_cents": spend, "tier": m.tier}
         if m.card_type == "tiered":
             current = self.rulebook.tiers.get(m.tier)
             reachable = [t for t in self.rulebook.tiers.values()
@@ -915,7 +1041,13 @@ class Ledger:
                          and (current is None or t.rank > current.rank)]
             if reachable:
                 values["tier"] = max(reachable, key=lambda t: t.rank).code
-        conn.execute(update(schema.members).where(schema.members.c.id == m.id).values(**values))
+        return values
+
+
+def _stored_settle(response: dict[str, Any]) -> dict[str, Any]:
+    """What a settle's idempotency key keeps: the settlement id (the receipt is in
+    ``settlements``; storing it twice cost a second copy per settlement)."""
+    return {"settlement_id": response["settlement_id"]}
 
 
 def _iso_or_none(micros: int | None) -> str | None:

@@ -1,10 +1,12 @@
 """``settlement verify``: the journal's invariants over the whole database.
 
-Checks, first violation reported: every transaction sums to zero per
-asset; every posting's asset is its account's; every member account's
-cached balance equals the sum of its postings and is not negative; every
-member's points lots add up to the points account; every settlement's lines
-add up to its totals.
+Checks, first violation reported: every posting's transaction and account
+and every settlement line's settlement exist (these references have no
+foreign keys, for throughput); every transaction sums to zero per asset;
+every posting's asset is its account's; every member account's cached
+balance equals the sum of its postings and is not negative; every member's
+points lots add up to the points account; every settlement's lines add up
+to its totals.
 """
 
 from __future__ import annotations
@@ -12,6 +14,16 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 
 CHECKS: list[tuple[str, str]] = [
+    # References without foreign keys (migration 0002) come first: the checks below join them.
+    ("a posting belongs to no transaction",
+     "SELECT p.id, p.tx_id FROM journal_postings p LEFT JOIN journal_transactions t "
+     "ON t.id = p.tx_id WHERE t.id IS NULL ORDER BY p.id LIMIT 1"),
+    ("a posting's account does not exist",
+     "SELECT p.id, p.account_id FROM journal_postings p LEFT JOIN accounts a "
+     "ON a.id = p.account_id WHERE a.id IS NULL ORDER BY p.id LIMIT 1"),
+    ("a settlement line belongs to no settlement",
+     "SELECT l.settlement_id, l.line_no FROM settlement_lines l LEFT JOIN settlements s "
+     "ON s.id = l.settlement_id WHERE s.id IS NULL ORDER BY l.settlement_id, l.line_no LIMIT 1"),
     ("a transaction does not sum to zero per asset",
      "SELECT tx_id, asset, SUM(amount) FROM journal_postings "
      "GROUP BY tx_id, asset HAVING SUM(amount) <> 0 ORDER BY tx_id LIMIT 1"),
