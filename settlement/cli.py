@@ -95,6 +95,78 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from settlement_server.app import serve
+        from settlement_server.config import load_config
+    except ImportError as exc:  # pragma: no cover - installed together
+        return _fail(f"serve: the server package is not installed ({exc})")
+    try:
+        config = load_config(args.config, listen=args.listen, rulebook=args.rulebook,
+                             workers=args.workers, database_url=args.database_url)
+    except ValueError as exc:
+        return _fail(f"serve: {exc}")
+    if args.demo:
+        from pathlib import Path
+
+        from settlement_server.demo import seed
+
+        from .ledger.db import create_ledger_engine
+        from .ledger.service import Ledger
+
+        engine = create_ledger_engine(config.database_url)
+        try:
+            from .ledger.migrate import upgrade
+
+            upgrade(engine)
+            ledger = Ledger(engine, settlement_rulebook(config.rulebook))
+            token_file = Path(args.demo_token_file)
+            seed(engine, ledger, token_file)
+        finally:
+            engine.dispose()
+        print(f"settlement serve: demo data ready; a POS terminal token (store S001) is in "
+              f"{token_file}", flush=True)
+    return serve(config)
+
+
+def settlement_rulebook(path: str):  # type: ignore[no-untyped-def]
+    import settlement
+
+    try:
+        return settlement.load_rulebook(path)
+    except settlement.RulebookError as exc:
+        raise SystemExit(_fail(f"rulebook {path}: {exc}")) from None
+
+
+def _terminals(args: argparse.Namespace) -> int:
+    from .ledger.errors import LedgerError
+    from .ledger.migrate import upgrade
+    from .ledger.terminals import add_terminal, list_terminals, revoke_terminal
+
+    engine = _ledger_engine(args)
+    try:
+        upgrade(engine)
+        if args.action == "add":
+            token = add_terminal(engine, args.id, args.store, args.role, args.name)
+            print(token)
+            print(f"terminal {args.id} ({args.role}, store {args.store}) added; the token "
+                  "above is shown once: give it to the terminal", file=sys.stderr)
+        elif args.action == "revoke":
+            revoke_terminal(engine, args.id)
+            print(f"terminal {args.id} revoked (servers stop accepting it within their "
+                  "auth cache lifetime, 5 s by default)", file=sys.stderr)
+        else:
+            for row in list_terminals(engine):
+                state = "revoked" if row["revoked_us"] is not None else "active"
+                print(f"{row['id']}\t{row['store']}\t{row['role']}\t{state}\t"
+                      f"{row['name'] or ''}")
+    except (ValueError, LedgerError) as exc:
+        return _fail(f"terminals: {exc}")
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _engine(_args: argparse.Namespace) -> int:
     import settlement
 
@@ -120,6 +192,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "config file's [database] url, else sqlite:///settlement.db")
         m.add_argument("--config", help="a TOML config file (default: $SETTLEMENT_CONFIG)")
         m.set_defaults(func=func)
+    db_help = ("default: $SETTLEMENT_DATABASE_URL, else the config file's [database] url, "
+               "else sqlite:///settlement.db")
+    srv = sub.add_parser("serve", help="run the gRPC server")
+    srv.add_argument("--config", help="a TOML config file (default: $SETTLEMENT_CONFIG)")
+    srv.add_argument("--database-url", help=db_help)
+    srv.add_argument("--listen", help="host:port (default 127.0.0.1:50051)")
+    srv.add_argument("--rulebook", help="rulebook TOML file")
+    srv.add_argument("--workers", type=int, help="worker processes sharing the port")
+    srv.add_argument("--demo", action="store_true",
+                     help="migrate, load demo members and issue demo terminal tokens first")
+    srv.add_argument("--demo-token-file", default="demo-pos.token",
+                     help="where --demo writes the POS terminal's token")
+    srv.set_defaults(func=_serve)
+    term = sub.add_parser("terminals", help="add, revoke or list API terminals")
+    term.add_argument("--database-url", help=db_help)
+    term.add_argument("--config", help="a TOML config file (default: $SETTLEMENT_CONFIG)")
+    tsub = term.add_subparsers(dest="action", required=True)
+    add = tsub.add_parser("add", help="add a terminal and print its token (once)")
+    add.add_argument("id")
+    add.add_argument("--store", required=True)
+    add.add_argument("--role", required=True, choices=("pos", "risk", "admin"))
+    add.add_argument("--name")
+    tsub.add_parser("revoke", help="revoke a terminal's token").add_argument("id")
+    tsub.add_parser("list", help="list terminals (no secrets)")
+    term.set_defaults(func=_terminals)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -265,3 +265,17 @@ idempotency_keys = Table(
     Column("created_us", BigInteger, nullable=False, index=True),
     PrimaryKeyConstraint("store", "key"),
 )
+
+terminals = Table(
+    "terminals", metadata,
+    Column("id", Text, primary_key=True),
+    Column("store", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    # SHA-256 of the token's secret part (a random 256-bit value: no salt or slow hash
+    # needed); the token itself is shown once, at issue.
+    Column("secret_sha256", Text, nullable=False),
+    Column("name", Text),
+    Column("created_us", BigInteger, nullable=False),
+    Column("revoked_us", BigInteger),
+    CheckConstraint("role IN ('pos', 'risk', 'admin')", name="role"),
+)

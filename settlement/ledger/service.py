@@ -463,23 +463,8 @@ class Ledger:
         ``expected_payable_cents``. The response is the receipt plus
         ``settlement_id``.
         """
-        if not isinstance(request, Mapping):
-            raise RequestError("request", "must be a JSON object")
-        payload = dict(request)
-        for name in payload:
-            if name not in SETTLE_FIELDS:
-                raise RequestError(str(name), "unknown field (the member's state comes from "
-                                   "the ledger, the store from the caller)")
-        _text("member_id", payload.get("member_id"), required=False)
-        _text("card_no", payload.get("card_no"), required=False)
+        payload = self._checked_settle_request(request)
         _text("terminal", terminal, required=False)
-        _int("expected_payable_cents", payload.get("expected_payable_cents"), 0, 10**15,
-             required=False)
-        if payload.get("at") is not None:
-            try:
-                parse_instant(payload["at"])
-            except ValueError as exc:
-                raise RequestError("at", str(exc)) from None
 
         request = {"request": payload, "terminal": terminal}
         if self.engine.dialect.name == "postgresql":
@@ -493,6 +478,28 @@ class Ledger:
             return self._settle(conn, now, store, terminal, payload)
 
         return self._idempotent(store, key, "settle", request, body, settles=True)
+
+    @staticmethod
+    def _checked_settle_request(request: Mapping[str, Any]) -> dict[str, Any]:
+        """The settle (or quote) request's own fields, checked (the basket itself is checked
+        by the engine)."""
+        if not isinstance(request, Mapping):
+            raise RequestError("request", "must be a JSON object")
+        payload = dict(request)
+        for name in payload:
+            if name not in SETTLE_FIELDS:
+                raise RequestError(str(name), "unknown field (the member's state comes from "
+                                   "the ledger, the store from the caller)")
+        _text("member_id", payload.get("member_id"), required=False)
+        _text("card_no", payload.get("card_no"), required=False)
+        _int("expected_payable_cents", payload.get("expected_payable_cents"), 0, 10**15,
+             required=False)
+        if payload.get("at") is not None:
+            try:
+                parse_instant(payload["at"])
+            except ValueError as exc:
+                raise RequestError("at", str(exc)) from None
+        return payload
 
     def _settle(self, conn: Connection, now: int, store: str, terminal: str | None,
                 req: dict[str, Any]) -> dict[str, Any]:
@@ -586,24 +593,8 @@ class Ledger:
         write of the settlement; nothing is written here. ``ensure`` creates a member
         account the snapshot lacks."""
         rb = self.rulebook
-        quote_req = {k: v for k, v in req.items()
-                     if k not in ("member_id", "card_no", "expected_payable_cents")}
-        quote_req["store"] = store
-        quote_req["at"] = req.get("at") or format_instant(at)
         m = snap.member if snap is not None else None
-        if snap is not None and m is not None:
-            quote_req["member"] = {
-                "id": m.id, "tier": self._effective_tier(m, at),
-                "points_balance": snap.usable_points(at),
-                "stored_value_cents": snap.balance("sv_principal") + snap.balance("sv_bonus"),
-                "coupons": [{"id": cid, "template": template,
-                             "valid_from": _iso_or_none(vf), "valid_until": _iso_or_none(vu)}
-                            for cid, template, vf, vu in snap.coupons],
-                "count_cards": [{"id": kid, "skus": skus, "uses": snap.balance("count_card", kid),
-                                 "valid_until": _iso_or_none(vu)}
-                                for kid, skus, vu in snap.count_cards],
-            }
-        receipt = settlement.quote(rb, quote_req)
+        receipt = settlement.quote(rb, self._quote_request(snap, store, req, at))
         expected = req.get("expected_payable_cents")
         if expected is not None and expected != receipt["payable_cents"]:
             raise PriceChanged(expected, receipt)
@@ -681,6 +672,103 @@ class Ledger:
             for i, (line, ln) in enumerate(zip(req["lines"], receipt["lines"], strict=True))]
         plan.response = {**receipt, "settlement_id": sid}
         return plan
+
+    def _quote_request(self, snap: MemberSnapshot | None, store: str, req: Mapping[str, Any],
+                       at: int) -> dict[str, Any]:
+        """The pricing contract's request for ``req`` with the member's state from ``snap``."""
+        quote_req = {k: v for k, v in req.items()
+                     if k not in ("member_id", "card_no", "expected_payable_cents")}
+        quote_req["store"] = store
+        quote_req["at"] = req.get("at") or format_instant(at)
+        if snap is not None:
+            m = snap.member
+            quote_req["member"] = {
+                "id": m.id, "tier": self._effective_tier(m, at),
+                "points_balance": snap.usable_points(at),
+                "stored_value_cents": snap.balance("sv_principal") + snap.balance("sv_bonus"),
+                "coupons": [{"id": cid, "template": template,
+                             "valid_from": _iso_or_none(vf), "valid_until": _iso_or_none(vu)}
+                            for cid, template, vf, vu in snap.coupons],
+                "count_cards": [{"id": kid, "skus": skus, "uses": snap.balance("count_card", kid),
+                                 "valid_until": _iso_or_none(vu)}
+                                for kid, skus, vu in snap.count_cards],
+            }
+        return quote_req
+
+    def quote(self, store: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Price a settle request against the member's current state; nothing is written
+        and nothing is locked (the price may differ at Settle: pass the quoted payable as
+        ``expected_payable_cents`` there). A walk-in (no member) reads no database."""
+        payload = self._checked_settle_request(request)
+        _text("store", store)
+        now = self.clock()
+        at = self._settle_at(payload, now)
+        if payload.get("member_id") is None and payload.get("card_no") is None:
+            return settlement.quote(self.rulebook, self._quote_request(None, store, payload, at))
+
+        def run() -> dict[str, Any]:
+            with self.engine.connect() as conn:
+                member_id = payload.get("member_id")
+                if payload.get("card_no") is not None:
+                    carded = self._member_of_card(conn, payload["card_no"])
+                    if member_id is not None and member_id != carded:
+                        raise Conflict("card_no belongs to another member")
+                    member_id = carded
+                assert member_id is not None
+                snap = load_snapshot(conn, member_id, lock=False)
+            return settlement.quote(self.rulebook, self._quote_request(snap, store, payload, at))
+
+        return self._once_more_if_disconnected(run)
+
+    def get_settlement(self, settlement_id: str) -> dict[str, Any]:
+        """A settlement: its receipt, status and refunded units per line."""
+        _text("settlement_id", settlement_id)
+
+        def run() -> dict[str, Any]:
+            with self.engine.connect() as conn:
+                s = conn.execute(select(schema.settlements).where(
+                    schema.settlements.c.id == settlement_id)).first()
+                if s is None:
+                    raise NotFound(f"settlement {settlement_id!r} not found")
+                refunded = conn.execute(select(
+                    schema.settlement_lines.c.line_no,
+                    schema.settlement_lines.c.refunded_quantity).where(
+                    schema.settlement_lines.c.settlement_id == settlement_id,
+                    schema.settlement_lines.c.refunded_quantity > 0)
+                    .order_by(schema.settlement_lines.c.line_no)).all()
+            return {"settlement_id": s.id, "store": s.store, "terminal": s.terminal,
+                    "member_id": s.member_id, "at_us": s.at_us, "status": s.status,
+                    "receipt": json.loads(s.receipt),
+                    "refunded": [{"line_no": r.line_no, "quantity": r.refunded_quantity}
+                                 for r in refunded]}
+
+        return self._once_more_if_disconnected(run)
+
+    def list_coupons(self, member_id: str, page_size: int = 50,
+                     after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """A member's available coupons by id, ``page_size`` at a time after coupon id
+        ``after``; returns (coupons, the last id when more may follow, else None)."""
+        _text("member_id", member_id)
+        _int("page_size", page_size, 1, 500)
+        _text("page_token", after, required=False)
+        c = schema.coupons.c
+
+        def run() -> tuple[list[dict[str, Any]], str | None]:
+            with self.engine.connect() as conn:
+                if conn.execute(select(schema.members.c.id)
+                                .where(schema.members.c.id == member_id)).first() is None:
+                    raise NotFound(f"member {member_id!r} not found")
+                query = (select(c.id, c.template, c.valid_from_us, c.valid_until_us)
+                         .where(c.member_id == member_id, c.state == "available")
+                         .order_by(c.id).limit(page_size + 1))
+                if after is not None:
+                    query = query.where(c.id > after)
+                rows = conn.execute(query).all()
+            page = [{"id": r.id, "template": r.template, "valid_from_us": r.valid_from_us,
+                     "valid_until_us": r.valid_until_us} for r in rows[:page_size]]
+            return page, (page[-1]["id"] if len(rows) > page_size else None)
+
+        return self._once_more_if_disconnected(run)
 
     def _apply_settlement(self, conn: Connection, plan: SettlePlan, now: int) -> None:
         """Write ``plan`` with SQLAlchemy Core, every update guarded by the state it read."""

@@ -1,0 +1,1 @@
+"""gRPC server of the settlement core."""

@@ -1,0 +1,167 @@
+"""``settlement serve``: build the gRPC server, run it in one or several
+processes, drain on shutdown, reload the rulebook on SIGHUP.
+
+- Health checking (``grpc.health.v1``, open to all) reports SERVING while the
+  server takes calls and NOT_SERVING once it drains; server reflection lets
+  ``grpcurl`` list and describe every service.
+- Several workers: N processes bind the same port (SO_REUSEPORT); the kernel
+  balances *connections*, not calls, so a single client connection stays
+  on one worker.
+- SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused, calls in
+  flight get ``grace_seconds`` to finish. SIGHUP: the rulebook file is read
+  again; a broken file is logged and the current rulebook stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from settlement.ledger.db import create_ledger_engine
+from settlement.v1 import settlement_pb2 as pb
+from settlement.v1 import settlement_pb2_grpc as pb_grpc
+
+from .config import ServerConfig
+from .service import Core, MemberServicer, SettlementServicer
+
+log = logging.getLogger("settlement_server")
+
+SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name
+                 for name in ("SettlementService", "MemberService"))
+
+
+class Running:
+    """A started server: its port, its health servicer, and how to stop it."""
+
+    def __init__(self, server: grpc.Server, health_servicer: health.HealthServicer,
+                 port: int, core: Core) -> None:
+        self.server, self.health, self.port, self.core = server, health_servicer, port, core
+
+    def stop(self, grace: float) -> threading.Event:
+        """Stop taking calls (health NOT_SERVING) and let calls in flight finish."""
+        self.health.enter_graceful_shutdown()
+        return self.server.stop(grace)  # type: ignore[no-any-return]
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    key = Path(config.tls_key).read_bytes()
+    chain = Path(config.tls_cert).read_bytes()
+    if config.tls_client_ca:
+        return grpc.ssl_server_credentials([(key, chain)],
+                                           Path(config.tls_client_ca).read_bytes(),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials([(key, chain)])
+
+
+def start(config: ServerConfig, core: Core | None = None) -> Running:
+    """Build and start a server for ``config`` (``core``: share one, as tests do)."""
+    if core is None:
+        core = Core(create_ledger_engine(config.database_url, pool_size=config.threads),
+                    config.rulebook, config.auth_cache_seconds)
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+    ]
+    server = grpc.server(ThreadPoolExecutor(config.threads, thread_name_prefix="rpc"),
+                         options=options)
+    pb_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(core), server)
+    pb_grpc.add_MemberServiceServicer_to_server(MemberServicer(core), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    credentials = _credentials(config)
+    port = (server.add_secure_port(config.listen, credentials) if credentials
+            else server.add_insecure_port(config.listen))
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    server.start()
+    for name in ("", *SERVICES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Running(server, health_servicer, port, core)
+
+
+def _serve_here(config: ServerConfig, ready: Any = None) -> None:
+    """One worker: serve until SIGTERM/SIGINT; SIGHUP reloads the rulebook."""
+    running = start(config)
+    host = config.listen.rsplit(":", 1)[0]
+    log.info("worker %d listening on %s:%d (rulebook %s)", os.getpid(), host, running.port,
+             running.core.ledger.rulebook.version)
+    if ready is not None:
+        ready.put(running.port)
+    else:
+        print(f"settlement serve: listening on {host}:{running.port}, rulebook "
+              f"{running.core.ledger.rulebook.version}, database "
+              f"{running.core.engine.url.render_as_string(hide_password=True)}", flush=True)
+    stopped = threading.Event()
+
+    def terminate(signum: int, _frame: Any) -> None:
+        log.info("worker %d: signal %d, draining (up to %.0f s)", os.getpid(), signum,
+                 config.grace_seconds)
+        def drain() -> None:
+            running.stop(config.grace_seconds).wait()
+            stopped.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+
+    def reload(_signum: int, _frame: Any) -> None:
+        try:
+            version = running.core.reload()
+        except Exception as exc:  # noqa: BLE001 - a bad file must not stop the server
+            log.error("rulebook reload failed, keeping %s: %s",
+                      running.core.ledger.rulebook.version, exc)
+            return
+        log.info("worker %d: rulebook reloaded, version %s", os.getpid(), version)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+    signal.signal(signal.SIGHUP, reload)
+    while not stopped.wait(0.5):
+        pass
+    running.core.engine.dispose()
+    log.info("worker %d stopped", os.getpid())
+
+
+def serve(config: ServerConfig) -> int:
+    """Run ``config.workers`` worker processes (or this one) until told to stop."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if config.workers == 1:
+        _serve_here(config)
+        return 0
+    context = multiprocessing.get_context("spawn")  # gRPC must not be forked once started
+    ready = context.Queue()
+    workers = [context.Process(target=_serve_here, args=(config, ready), daemon=False)
+               for _ in range(config.workers)]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        ready.get(timeout=60)
+    print(f"settlement serve: listening on {config.listen} with {config.workers} worker "
+          f"processes (SO_REUSEPORT)", flush=True)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for worker in workers:
+        worker.join()
+    return 0 if all(w.exitcode == 0 for w in workers) else 1

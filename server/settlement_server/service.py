@@ -1,0 +1,240 @@
+"""The servicers: each RPC authenticates, maps the proto request to the
+domain (:class:`settlement.ledger.Ledger`), and maps the answer or the
+refusal back. No business rule lives here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import code_pb2
+from sqlalchemy import Engine
+
+import settlement
+from settlement.errors import RequestError
+from settlement.ledger.service import Ledger
+from settlement.ledger.terminals import Terminal
+from settlement.v1 import settlement_pb2 as pb
+from settlement.v1 import settlement_pb2_grpc as pb_grpc
+
+from . import convert
+from .auth import ADMIN, ANY, POS, Authenticator
+from .errors import Forbidden, abort, refuse
+
+_R = TypeVar("_R")
+
+
+class Core:
+    """What every servicer shares. A rulebook reload builds a new :class:`Ledger` and swaps
+    the reference: a call in flight keeps the ledger (and rulebook) it started with, so no
+    call ever prices with half of one rulebook and half of another."""
+
+    def __init__(self, engine: Engine, rulebook_path: str | Path,
+                 auth_ttl: float = 5.0) -> None:
+        self.engine = engine
+        self.rulebook_path = Path(rulebook_path)
+        self._reload_lock = threading.Lock()
+        self.ledger = Ledger(engine, settlement.load_rulebook(self.rulebook_path))
+        self.auth = Authenticator(engine, auth_ttl)
+
+    def reload(self) -> str:
+        """Load the rulebook file again; returns its version. A broken file raises
+        ``RulebookError`` and the current rulebook stays."""
+        with self._reload_lock:
+            rulebook = settlement.load_rulebook(self.rulebook_path)
+            self.ledger = Ledger(self.engine, rulebook, clock=self.ledger.clock,
+                                 max_clock_skew_us=self.ledger.max_clock_skew_us)
+            return rulebook.version
+
+
+def rpc(roles: frozenset[str], prefix: str = "") -> Callable[..., Any]:
+    """Authenticate, honour the deadline, call the method with (ledger, terminal), and map
+    any refusal to its status. ``prefix``: the proto path of the domain request's fields."""
+
+    def wrap(method: Callable[..., _R]) -> Callable[..., _R]:
+        @functools.wraps(method)
+        def handler(self: Any, request: Any, context: grpc.ServicerContext) -> _R:
+            terminal = self.core.auth.check(context, roles)
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                abort(context, code_pb2.DEADLINE_EXCEEDED, "deadline exceeded before start")
+            try:
+                return method(self, request, self.core.ledger, terminal)
+            except Exception as exc:  # noqa: BLE001 - every refusal is mapped below
+                problem = exc
+            refuse(context, problem, prefix)
+
+        return handler
+
+    return wrap
+
+
+def _key(request: Any) -> str:
+    return request.idempotency_key  # type: ignore[no-any-return]
+
+
+def _page_token(after: str | None) -> str:
+    return base64.urlsafe_b64encode(after.encode()).decode() if after else ""
+
+
+def _after(token: str) -> str | None:
+    if not token:
+        return None
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise RequestError("page_token", "is not a token this server returned") from None
+
+
+class SettlementServicer(pb_grpc.SettlementServiceServicer):
+    """Quote, Settle, Refund, Void, GetSettlement, Ping."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @rpc(POS, prefix="basket")
+    def Quote(self, request: pb.QuoteRequest, ledger: Ledger, t: Terminal) -> pb.QuoteResponse:
+        return pb.QuoteResponse(receipt=convert.receipt(
+            ledger.quote(t.store, convert.basket(request.basket))))
+
+    @rpc(POS, prefix="basket")
+    def Settle(self, request: pb.SettleRequest, ledger: Ledger,
+               t: Terminal) -> pb.SettleResponse:
+        payload = convert.basket(request.basket)
+        if request.HasField("expected_payable_cents"):
+            payload["expected_payable_cents"] = request.expected_payable_cents
+        return convert.settle_response(ledger.settle(t.store, _key(request), payload,
+                                                     terminal=t.id))
+
+    def _own_settlement(self, ledger: Ledger, t: Terminal, settlement_id: str) -> None:
+        """Refunds and voids happen at the store that sold (a terminal acts for its store)."""
+        if ledger.get_settlement(settlement_id)["store"] != t.store:
+            raise Forbidden(f"settlement {settlement_id!r} belongs to another store")
+
+    @rpc(POS)
+    def Refund(self, request: pb.RefundRequest, ledger: Ledger,
+               t: Terminal) -> pb.RefundResponse:
+        if request.all_remaining and request.lines:
+            raise RequestError("lines", "give either lines or all_remaining, not both")
+        if not request.all_remaining and not request.lines:
+            raise RequestError("lines", "give the units to refund, or all_remaining = true")
+        self._own_settlement(ledger, t, request.settlement_id)
+        lines: list[Mapping[str, int]] | None = None if request.all_remaining else [
+            {"line_no": x.line_no, "quantity": x.quantity} for x in request.lines]
+        return convert.refund_response(ledger.refund(t.store, _key(request),
+                                                     request.settlement_id, lines))
+
+    @rpc(POS)
+    def Void(self, request: pb.VoidRequest, ledger: Ledger, t: Terminal) -> pb.RefundResponse:
+        self._own_settlement(ledger, t, request.settlement_id)
+        return convert.refund_response(ledger.void(t.store, _key(request),
+                                                   request.settlement_id))
+
+    @rpc(ANY)
+    def GetSettlement(self, request: pb.GetSettlementRequest, ledger: Ledger,
+                      t: Terminal) -> pb.Settlement:
+        found = ledger.get_settlement(request.settlement_id)
+        if t.role == "pos" and found["store"] != t.store:
+            raise Forbidden(f"settlement {request.settlement_id!r} belongs to another store")
+        return convert.settlement(found)
+
+    @rpc(ANY)
+    def Ping(self, request: pb.PingRequest, ledger: Ledger, t: Terminal) -> pb.PingResponse:
+        return pb.PingResponse()
+
+
+class MemberServicer(pb_grpc.MemberServiceServicer):
+    """Members, stored value, coupons, cards, count cards."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @rpc(POS)
+    def Enroll(self, request: pb.EnrollRequest, ledger: Ledger,
+               t: Terminal) -> pb.EnrollResponse:
+        card_type = convert.CARD_TYPES.get(request.card_type)
+        if card_type is None:
+            raise RequestError("card_type", f"unknown card type {request.card_type}")
+        done = ledger.enroll(
+            t.store, _key(request), phone=request.phone or None,
+            member_id=request.member_id or None, card_no=request.card_no or None,
+            tier=request.tier or None, card_type=card_type, birthday=request.birthday or None,
+            referrer_id=request.referrer_id or None,
+            paid_from_us=convert.optional_micros(request, "paid_from", "paid_from"),
+            paid_until_us=convert.optional_micros(request, "paid_until", "paid_until"))
+        return pb.EnrollResponse(member_id=done["member_id"], card_no=done["card_no"])
+
+    @rpc(ANY)
+    def GetMember(self, request: pb.GetMemberRequest, ledger: Ledger, t: Terminal) -> pb.Member:
+        by = request.WhichOneof("by")
+        if by is None:
+            raise RequestError("by", "give member_id, phone or card_no")
+        m = ledger.get_member(**{by: getattr(request, by)})
+        return convert.member(m, len(m["coupons"]))
+
+    @rpc(POS)
+    def Recharge(self, request: pb.RechargeRequest, ledger: Ledger,
+                 t: Terminal) -> pb.RechargeResponse:
+        return pb.RechargeResponse(**ledger.recharge(t.store, _key(request), request.member_id,
+                                                     request.amount_cents))
+
+    @rpc(POS)
+    def ReverseRecharge(self, request: pb.ReverseRechargeRequest, ledger: Ledger,
+                        t: Terminal) -> pb.ReverseRechargeResponse:
+        return pb.ReverseRechargeResponse(**ledger.reverse_recharge(
+            t.store, _key(request), request.recharge_id))
+
+    @rpc(ADMIN)
+    def IssueCoupon(self, request: pb.IssueCouponRequest, ledger: Ledger,
+                    t: Terminal) -> pb.IssueCouponResponse:
+        return pb.IssueCouponResponse(**ledger.issue_coupon(
+            t.store, _key(request), request.member_id, request.template,
+            coupon_id=request.coupon_id or None,
+            valid_from_us=convert.optional_micros(request, "valid_from", "valid_from"),
+            valid_until_us=convert.optional_micros(request, "valid_until", "valid_until")))
+
+    @rpc(ANY)
+    def ListCoupons(self, request: pb.ListCouponsRequest, ledger: Ledger,
+                    t: Terminal) -> pb.ListCouponsResponse:
+        page, last = ledger.list_coupons(request.member_id, request.page_size or 50,
+                                         _after(request.page_token))
+        return pb.ListCouponsResponse(coupons=[convert.coupon(c) for c in page],
+                                      next_page_token=_page_token(last))
+
+    @rpc(POS)
+    def ReportCardLost(self, request: pb.ReportCardLostRequest, ledger: Ledger,
+                       t: Terminal) -> pb.CardResponse:
+        done = ledger.report_lost(t.store, _key(request), request.card_no)
+        return pb.CardResponse(card_no=done["card_no"], status=done["status"])
+
+    @rpc(POS)
+    def ReplaceCard(self, request: pb.ReplaceCardRequest, ledger: Ledger,
+                    t: Terminal) -> pb.CardResponse:
+        done = ledger.replace_card(t.store, _key(request), request.card_no,
+                                   request.new_card_no or None)
+        return pb.CardResponse(card_no=done["card_no"], member_id=done["member_id"],
+                               status="active", replaces=done["replaces"])
+
+    @rpc(ADMIN)
+    def IssueCountCard(self, request: pb.IssueCountCardRequest, ledger: Ledger,
+                       t: Terminal) -> pb.CountCardResponse:
+        done = ledger.issue_count_card(
+            t.store, _key(request), request.member_id, request.card_id, list(request.skus),
+            request.uses,
+            valid_until_us=convert.optional_micros(request, "valid_until", "valid_until"))
+        return pb.CountCardResponse(count_card_id=done["count_card_id"], uses=done["uses"],
+                                    uses_left=done["uses"])
+
+    @rpc(POS)
+    def ConsumeCountCard(self, request: pb.ConsumeCountCardRequest, ledger: Ledger,
+                         t: Terminal) -> pb.CountCardResponse:
+        return pb.CountCardResponse(**ledger.consume_count_card(
+            t.store, _key(request), request.member_id, request.card_id, request.sku,
+            request.uses or 1))
