@@ -29,8 +29,8 @@ bench: $(STAMP)
 	$(PY) bench/report.py bench/results/engine.json
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check settlement tests bench
-	$(VENV)/bin/mypy settlement bench
+	$(VENV)/bin/ruff check settlement server clients tests bench
+	$(VENV)/bin/mypy settlement server clients bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info settlement/_fast/*.c settlement/_fast/*.so

@@ -36,12 +36,14 @@ class Core:
     the reference: a call in flight keeps the ledger (and rulebook) it started with, so no
     call ever prices with half of one rulebook and half of another."""
 
-    def __init__(self, engine: Engine, rulebook_path: str | Path,
-                 auth_ttl: float = 5.0) -> None:
+    def __init__(self, engine: Engine, rulebook_path: str | Path, auth_ttl: float = 5.0,
+                 **ledger_options: Any) -> None:
         self.engine = engine
         self.rulebook_path = Path(rulebook_path)
         self._reload_lock = threading.Lock()
-        self.ledger = Ledger(engine, settlement.load_rulebook(self.rulebook_path))
+        # ledger_options: Ledger's clock and max_clock_skew_us (tests pin the clock)
+        self.ledger = Ledger(engine, settlement.load_rulebook(self.rulebook_path),
+                             **ledger_options)
         self.auth = Authenticator(engine, auth_ttl)
 
     def reload(self) -> str:
