@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-SOURCES := pyproject.toml setup.py $(wildcard settlement/_fast/*.pyx)
+SOURCES := pyproject.toml setup.py $(wildcard settlement/_fast/*.pyx) $(wildcard proto/settlement/v1/*.proto)
 
 .PHONY: run test bench lint clean
 

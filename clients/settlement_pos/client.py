@@ -116,7 +116,10 @@ class PosClient:
         delay = self.backoff
         for attempt in range(self.attempts):
             try:
-                return method(request, timeout=self.timeout, metadata=self.metadata)
+                # A retry waits for the channel to reconnect (within the deadline) instead
+                # of failing fast while the connection is being re-established.
+                return method(request, timeout=self.timeout, metadata=self.metadata,
+                              wait_for_ready=attempt > 0)
             except grpc.RpcError as exc:
                 if exc.code() not in RETRYABLE or attempt == self.attempts - 1:  # type: ignore[attr-defined]
                     raise

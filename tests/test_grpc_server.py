@@ -1,0 +1,222 @@
+"""The server under faults and operations: a reply lost on the wire, a rulebook
+reload under traffic, and ``settlement serve`` as a process (SIGHUP, SIGTERM)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import func, select
+
+from settlement.ledger import schema
+from settlement_pos import PosClient
+
+from .grpc_helpers import Api, api_server
+
+
+@pytest.fixture
+def api(ledger_url: str, examples_dir: Path, tmp_path: Path):
+    with api_server(ledger_url, examples_dir, tmp_path) as server:
+        yield server
+
+
+class Proxy:
+    """A TCP relay between client and server that can hold the server's bytes back
+    and then cut every connection: a reply lost after the server committed."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.hold = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            with self.lock:
+                self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True),
+                             daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if replies and self.hold.is_set():
+                    continue  # the reply is lost
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        with self.lock:
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self.sockets.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def settlements(api: Api) -> int:
+    with api.ledger.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(schema.settlements)).scalar())
+
+
+def test_a_settle_whose_reply_was_lost_is_retried_and_applied_once(api: Api) -> None:
+    api.ledger.enroll("S001", "e", member_id="M0001")
+    api.ledger.recharge("S001", "r", "M0001", 10_000)
+    proxy = Proxy(api.running.port)
+    pos = PosClient(f"127.0.0.1:{proxy.port}", api.tokens["pos"], timeout=10, attempts=5,
+                    backoff=0.1)
+    try:
+        pos.ping()  # the HTTP/2 connection is up before the reply is held back
+        basket = {"member_id": "M0001", "pay_stored_value_cents": 2500, "lines": [
+            {"sku": "A", "category": "grain", "unit_price_cents": 2500, "quantity": 1}]}
+        outcome: list[object] = []
+        proxy.hold.set()
+        caller = threading.Thread(target=lambda: outcome.append(
+            pos.settle(basket, key="lost-reply-1")))
+        caller.start()
+        deadline = time.monotonic() + 10
+        while settlements(api) == 0:  # the server committed; its reply is being held
+            assert time.monotonic() < deadline, "the settlement never committed"
+            time.sleep(0.02)
+        proxy.hold.clear()
+        proxy.cut()  # the client sees the connection drop: UNAVAILABLE, then retries
+        caller.join(15)
+        assert not caller.is_alive() and len(outcome) == 1
+        done = outcome[0]
+        assert settlements(api) == 1  # applied once
+        assert done.settlement_id == pos.get_settlement(done.settlement_id).settlement_id
+        assert api.ledger.get_member(member_id="M0001")["sv_principal_cents"] == 7500
+    finally:
+        pos.close()
+        proxy.close()
+
+
+def test_rulebook_reload_under_traffic(api: Api, examples_dir: Path) -> None:
+    """Quotes keep flowing while the rulebook is replaced; each answer is priced with one
+    whole rulebook, the old or the new, and settlements record the version."""
+    old = api.ledger.rulebook.version
+    text = api.rulebook_path.read_text()
+    basket = {"lines": [{"sku": "A", "category": "grain", "unit_price_cents": 1000,
+                         "quantity": 1}]}
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with api.client() as pos:
+            while not stop.is_set():
+                try:
+                    seen.append(pos.quote(basket).rulebook_version)
+                except BaseException as exc:  # noqa: BLE001 - asserted below
+                    errors.append(exc)
+
+    workers = [threading.Thread(target=traffic) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(0.3)
+    api.rulebook_path.write_text(text.replace(f'version = "{old}"', 'version = "reloaded-2"'))
+    assert api.running.core.reload() == "reloaded-2"
+    before = len(seen)
+    time.sleep(0.3)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert not errors
+    assert set(seen) == {old, "reloaded-2"}
+    assert set(seen[before + 8:]) == {"reloaded-2"}  # (calls in flight at the swap aside)
+    api.rulebook_path.write_text("version = broken")  # a broken file keeps the current one
+    with pytest.raises(Exception, match="rulebook|version|TOML|toml"):
+        api.running.core.reload()
+    with api.client() as pos:
+        done = pos.settle(basket, key="after-reload")
+    assert done.receipt.rulebook_version == "reloaded-2"
+    with api.ledger.engine.connect() as conn:
+        assert conn.execute(select(schema.settlements.c.rulebook_version)).scalar() \
+            == "reloaded-2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serving(target: str) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
+        tmp_path: Path, examples_dir: Path, workers: int) -> None:
+    rulebook = tmp_path / "rulebook.toml"
+    text = (examples_dir / "rulebook.toml").read_text()
+    rulebook.write_text(text)
+    url = f"sqlite:///{tmp_path}/serve.db"
+    cli = [sys.executable, "-m", "settlement"]
+    subprocess.run([*cli, "migrate", "--database-url", url], check=True, timeout=120,
+                   capture_output=True)
+    token = subprocess.run([*cli, "terminals", "add", "T1", "--store", "S001", "--role", "pos",
+                            "--database-url", url], check=True, timeout=120,
+                           capture_output=True, text=True).stdout.strip()
+    target = f"127.0.0.1:{_free_port()}"
+    server = subprocess.Popen([*cli, "serve", "--listen", target, "--rulebook", str(rulebook),
+                               "--database-url", url, "--workers", str(workers)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not _serving(target):
+            assert server.poll() is None, server.communicate()
+            assert time.monotonic() < deadline, "server never became SERVING"
+            time.sleep(0.2)
+        basket = {"lines": [{"sku": "A", "category": "grain", "unit_price_cents": 1000,
+                             "quantity": 1}]}
+        with PosClient(target, token) as pos:
+            old = pos.quote(basket).rulebook_version
+            rulebook.write_text(text.replace(f'version = "{old}"', 'version = "hup-2"'))
+            server.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while pos.quote(basket).rulebook_version != "hup-2":  # every worker reloads
+                assert time.monotonic() < deadline, "SIGHUP did not reload the rulebook"
+                time.sleep(0.1)
+            settled = pos.settle(basket, key="k1")
+        assert settled.receipt.rulebook_version == "hup-2"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        assert not _serving(target)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
