@@ -1,5 +1,5 @@
 # Two commands do all the setup on a fresh machine (Python 3.11+):
-#   make run    - build into .venv, then run the product (for now: a quote of the spec example)
+#   make run    - build into .venv, then serve the gRPC API with demo data (127.0.0.1:50051)
 #   make test   - build into .venv, then run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +16,7 @@ $(STAMP): $(SOURCES)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/settlement quote --rules examples/rulebook.toml --request examples/request-member.json
+	$(VENV)/bin/settlement serve --demo --rulebook examples/rulebook.toml
 
 test: lint
 	$(PY) -m pytest tests -q
