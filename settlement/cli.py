@@ -103,7 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"serve: the server package is not installed ({exc})")
     try:
         config = load_config(args.config, listen=args.listen, rulebook=args.rulebook,
-                             workers=args.workers, database_url=args.database_url)
+                             workers=args.workers, impl=args.impl,
+                             database_url=args.database_url)
     except ValueError as exc:
         return _fail(f"serve: {exc}")
     if args.demo:
@@ -200,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--listen", help="host:port (default 127.0.0.1:50051)")
     srv.add_argument("--rulebook", help="rulebook TOML file")
     srv.add_argument("--workers", type=int, help="worker processes sharing the port")
+    srv.add_argument("--impl", choices=("sync", "aio"),
+                     help="server implementation (default sync: measured faster here)")
     srv.add_argument("--demo", action="store_true",
                      help="migrate, load demo members and issue demo terminal tokens first")
     srv.add_argument("--demo-token-file", default="demo-pos.token",

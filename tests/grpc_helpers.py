@@ -44,7 +44,8 @@ class Api:
 
 
 @contextmanager
-def api_server(url: str, examples_dir: Path, tmp_path: Path) -> Iterator[Api]:
+def api_server(url: str, examples_dir: Path, tmp_path: Path,
+               impl: str = "sync") -> Iterator[Api]:
     """Migrated database, spec rulebook (copied: tests rewrite it), terminals, server."""
     rulebook_path = tmp_path / "rulebook.toml"
     shutil.copy(examples_dir / "rulebook.toml", rulebook_path)
@@ -61,7 +62,7 @@ def api_server(url: str, examples_dir: Path, tmp_path: Path) -> Iterator[Api]:
     core = Core(engine, rulebook_path, auth_ttl=0.0, clock=lambda: NOW,
                 max_clock_skew_us=None)
     running = start(ServerConfig(listen="127.0.0.1:0", rulebook=str(rulebook_path),
-                                 database_url=url, threads=8), core)
+                                 database_url=url, threads=8, impl=impl), core)
     try:
         yield Api(running, rulebook_path, tokens)
     finally:

@@ -22,9 +22,9 @@ from settlement_pos import error_details
 from .grpc_helpers import NOW, Api, api_server, spec_basket, spec_member
 
 
-@pytest.fixture
-def api(ledger_url: str, examples_dir: Path, tmp_path: Path):
-    with api_server(ledger_url, examples_dir, tmp_path) as server:
+@pytest.fixture(params=["sync", "aio"])
+def api(request: pytest.FixtureRequest, ledger_url: str, examples_dir: Path, tmp_path: Path):
+    with api_server(ledger_url, examples_dir, tmp_path, request.param) as server:
         yield server
 
 
@@ -217,7 +217,7 @@ def test_refusals_have_their_codes(api: Api) -> None:
         info = details_of(short, error_details_pb2.ErrorInfo)
         assert info.reason == "INSUFFICIENT_BALANCE" and info.metadata["short_by"] == "600"
         with pytest.raises(grpc.RpcError) as late:
-            pos.settlements.Ping(pb.PingRequest(), timeout=0, metadata=pos.metadata)
+            pos.settlements.Ping(pb.PingRequest(), timeout=-1, metadata=pos.metadata)
         assert status_of(late) == grpc.StatusCode.DEADLINE_EXCEEDED
     with api.client(timeout=5) as pos:  # nothing above wrote a second settlement
         with api.ledger.engine.connect() as conn:

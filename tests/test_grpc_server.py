@@ -23,9 +23,9 @@ from settlement_pos import PosClient
 from .grpc_helpers import Api, api_server
 
 
-@pytest.fixture
-def api(ledger_url: str, examples_dir: Path, tmp_path: Path):
-    with api_server(ledger_url, examples_dir, tmp_path) as server:
+@pytest.fixture(params=["sync", "aio"])
+def api(request: pytest.FixtureRequest, ledger_url: str, examples_dir: Path, tmp_path: Path):
+    with api_server(ledger_url, examples_dir, tmp_path, request.param) as server:
         yield server
 
 
@@ -177,9 +177,9 @@ def _serving(target: str) -> bool:
     return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "impl"), [(1, "sync"), (2, "sync"), (1, "aio")])
 def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
-        tmp_path: Path, examples_dir: Path, workers: int) -> None:
+        tmp_path: Path, examples_dir: Path, workers: int, impl: str) -> None:
     rulebook = tmp_path / "rulebook.toml"
     text = (examples_dir / "rulebook.toml").read_text()
     rulebook.write_text(text)
@@ -192,7 +192,8 @@ def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
                            capture_output=True, text=True).stdout.strip()
     target = f"127.0.0.1:{_free_port()}"
     server = subprocess.Popen([*cli, "serve", "--listen", target, "--rulebook", str(rulebook),
-                               "--database-url", url, "--workers", str(workers)],
+                               "--database-url", url, "--workers", str(workers),
+                               "--impl", impl],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

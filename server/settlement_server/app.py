@@ -66,18 +66,21 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, chain)])
 
 
+def _options(config: ServerConfig) -> list[tuple[str, Any]]:
+    return [("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 1 if config.workers > 1 else 0)]
+
+
 def start(config: ServerConfig, core: Core | None = None) -> Running:
     """Build and start a server for ``config`` (``core``: share one, as tests do)."""
     if core is None:
         core = Core(create_ledger_engine(config.database_url, pool_size=config.threads),
                     config.rulebook, config.auth_cache_seconds)
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
-    ]
+    if config.impl == "aio":
+        return _start_aio(config, core)
     server = grpc.server(ThreadPoolExecutor(config.threads, thread_name_prefix="rpc"),
-                         options=options)
+                         options=_options(config))
     pb_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(core), server)
     pb_grpc.add_MemberServiceServicer_to_server(MemberServicer(core), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -96,12 +99,84 @@ def start(config: ServerConfig, core: Core | None = None) -> Running:
     return Running(server, health_servicer, port, core)
 
 
+class _AioServer:
+    """A ``grpc.aio`` server on its own event loop thread, driven like a sync server."""
+
+    def __init__(self, config: ServerConfig, core: Core) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="db")
+        self.thread = threading.Thread(target=self.loop.run_forever, name="aio", daemon=True)
+        self.thread.start()
+        self.config, self.core = config, core
+        self.port, self.health = self._call(self._build())
+
+    def _call(self, coroutine: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    async def _build(self) -> tuple[int, Any]:
+        from .service import aio_servicer
+
+        config, core = self.config, self.core
+        self.server = grpc.aio.server(options=_options(config))
+        pb_grpc.add_SettlementServiceServicer_to_server(aio_servicer(
+            SettlementServicer, pb_grpc.SettlementServiceServicer, core, self.executor),
+            self.server)
+        pb_grpc.add_MemberServiceServicer_to_server(aio_servicer(
+            MemberServicer, pb_grpc.MemberServiceServicer, core, self.executor), self.server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        credentials = _credentials(config)
+        port = (self.server.add_secure_port(config.listen, credentials) if credentials
+                else self.server.add_insecure_port(config.listen))
+        if port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        await self.server.start()
+        for name in ("", *SERVICES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return port, health_servicer
+
+    def stop(self, grace: float) -> threading.Event:
+        done = threading.Event()
+
+        async def stopping() -> None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+
+        def run() -> None:
+            self._call(stopping())
+            self.executor.shutdown(wait=True)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+        return done
+
+
+class _AioRunning(Running):
+    def __init__(self, aio: _AioServer) -> None:
+        self.aio, self.port, self.core = aio, aio.port, aio.core
+
+    def stop(self, grace: float) -> threading.Event:
+        return self.aio.stop(grace)
+
+
+def _start_aio(config: ServerConfig, core: Core) -> Running:
+    return _AioRunning(_AioServer(config, core))
+
+
 def _serve_here(config: ServerConfig, ready: Any = None) -> None:
     """One worker: serve until SIGTERM/SIGINT; SIGHUP reloads the rulebook."""
     running = start(config)
     host = config.listen.rsplit(":", 1)[0]
-    log.info("worker %d listening on %s:%d (rulebook %s)", os.getpid(), host, running.port,
-             running.core.ledger.rulebook.version)
+    log.info("worker %d (%s) listening on %s:%d (rulebook %s)", os.getpid(), config.impl,
+             host, running.port, running.core.ledger.rulebook.version)
     if ready is not None:
         ready.put(running.port)
     else:

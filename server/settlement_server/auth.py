@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
-import grpc
 from google.rpc import code_pb2
 from sqlalchemy import Engine
 
 from settlement.ledger.terminals import Terminal, authenticate
 
-from .errors import abort, info
+from .errors import info, refusal
 
 POS = frozenset({"pos", "admin"})
 ANY = frozenset({"pos", "risk", "admin"})
@@ -48,24 +48,25 @@ class Authenticator:
             self._cache[token] = (terminal, now + self.ttl)
         return terminal
 
-    def check(self, context: grpc.ServicerContext, roles: frozenset[str]) -> Terminal:
-        """The calling terminal, or the call ends UNAUTHENTICATED / PERMISSION_DENIED."""
+    def check(self, metadata: Any, roles: frozenset[str]) -> Terminal:
+        """The calling terminal, from the call's metadata; raises a :class:`Refusal`
+        (UNAUTHENTICATED, PERMISSION_DENIED) otherwise."""
         token = None
-        for key, value in context.invocation_metadata():
+        for key, value in metadata or ():
             if key == "authorization" and isinstance(value, str):
                 scheme, _, rest = value.partition(" ")
                 if scheme.lower() == "bearer" and rest.strip():
                     token = rest.strip()
         if token is None:
-            abort(context, code_pb2.UNAUTHENTICATED,
-                  "missing credentials: send 'authorization: Bearer <terminal token>'",
-                  [info("NO_CREDENTIALS")])
+            raise refusal(code_pb2.UNAUTHENTICATED,
+                          "missing credentials: send 'authorization: Bearer <terminal token>'",
+                          [info("NO_CREDENTIALS")])
         terminal = self.lookup(token)
         if terminal is None:
-            abort(context, code_pb2.UNAUTHENTICATED, "unknown or revoked terminal token",
-                  [info("BAD_CREDENTIALS")])
+            raise refusal(code_pb2.UNAUTHENTICATED, "unknown or revoked terminal token",
+                          [info("BAD_CREDENTIALS")])
         if terminal.role not in roles:
-            abort(context, code_pb2.PERMISSION_DENIED,
-                  f"role {terminal.role!r} may not call this method",
-                  [info("ROLE_NOT_ALLOWED", role=terminal.role)])
+            raise refusal(code_pb2.PERMISSION_DENIED,
+                          f"role {terminal.role!r} may not call this method",
+                          [info("ROLE_NOT_ALLOWED", role=terminal.role)])
         return terminal

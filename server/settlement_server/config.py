@@ -13,6 +13,7 @@ TOML (``--config`` or ``SETTLEMENT_CONFIG``)::
     tls_cert = ""                   # PEM certificate chain and key: TLS
     tls_key = ""
     tls_client_ca = ""              # PEM CA: mutual TLS, clients must present a cert
+    impl = "sync"                   # SETTLEMENT_SERVER_IMPL: sync (thread pool) or aio
 
     [database]
     url = "postgresql+psycopg://..."  # SETTLEMENT_DATABASE_URL (default: SQLite file)
@@ -43,6 +44,9 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    #: "sync" (thread pool) or "aio" (grpc.aio, an event loop plus a thread pool for the
+    #: database); both measured in bench/README.md
+    impl: str = "sync"
 
     def check(self) -> ServerConfig:
         """Raise ValueError naming the setting that cannot work."""
@@ -56,6 +60,8 @@ class ServerConfig:
             raise ValueError("threads: must be 1..1024")
         if not 1024 <= self.max_message_bytes <= 64 << 20:
             raise ValueError("max_message_bytes: must be 1 KiB..64 MiB")
+        if self.impl not in ("sync", "aio"):
+            raise ValueError("impl: must be sync or aio")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
@@ -64,7 +70,7 @@ class ServerConfig:
 
 
 _ENV = {"listen": "SETTLEMENT_LISTEN", "rulebook": "SETTLEMENT_RULEBOOK",
-        "workers": "SETTLEMENT_WORKERS"}
+        "workers": "SETTLEMENT_WORKERS", "impl": "SETTLEMENT_SERVER_IMPL"}
 
 
 def load_config(path: str | None = None, **flags: Any) -> ServerConfig:

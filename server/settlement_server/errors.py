@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import Any
 
-import grpc
 import psycopg
 import sqlalchemy.exc
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from settlement.errors import RequestError
 from settlement.ledger.errors import (
@@ -49,14 +47,20 @@ class Forbidden(Exception):
 DOMAIN = "settlement.v1"
 
 
-def abort(context: grpc.ServicerContext, code: int, message: str,
-          details: Iterable[Message] = ()) -> NoReturn:
-    """End the call with a rich status (``google.rpc.Status`` in the trailers)."""
+class Refusal(Exception):
+    """A call ends with ``status`` (a ``google.rpc.Status``)."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+def refusal(code: int, message: str, details: Iterable[Message] = ()) -> Refusal:
+    """A :class:`Refusal` with a rich status (``google.rpc.Status`` in the trailers)."""
     status = status_pb2.Status(code=code, message=message)
     for detail in details:
         status.details.add().Pack(detail)
-    context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
+    return Refusal(status)
 
 
 def info(reason: str, **metadata: Any) -> error_details_pb2.ErrorInfo:
@@ -64,10 +68,10 @@ def info(reason: str, **metadata: Any) -> error_details_pb2.ErrorInfo:
                                        metadata={k: str(v) for k, v in metadata.items()})
 
 
-def bad_request(context: grpc.ServicerContext, field: str, message: str) -> NoReturn:
+def bad_request(field: str, message: str) -> Refusal:
     violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
-    abort(context, code_pb2.INVALID_ARGUMENT, f"{field}: {message}",
-          [error_details_pb2.BadRequest(field_violations=[violation])])
+    return refusal(code_pb2.INVALID_ARGUMENT, f"{field}: {message}",
+                   [error_details_pb2.BadRequest(field_violations=[violation])])
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -80,31 +84,37 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
-def refuse(context: grpc.ServicerContext, exc: BaseException, field_prefix: str = "") -> NoReturn:
-    """Map a domain refusal (or a database outage) to its status; anything unexpected is
+def status_for(exc: BaseException, field_prefix: str = "") -> status_pb2.Status:
+    """The status of a domain refusal (or a database outage); anything unexpected is
     INTERNAL with a fixed message and the trace in the log."""
+    return _refusal_for(exc, field_prefix).status
+
+
+def _refusal_for(exc: BaseException, field_prefix: str) -> Refusal:
+    if isinstance(exc, Refusal):
+        return exc
     if isinstance(exc, Forbidden):
-        abort(context, code_pb2.PERMISSION_DENIED, str(exc), [info("OTHER_STORE")])
+        return refusal(code_pb2.PERMISSION_DENIED, str(exc), [info("OTHER_STORE")])
     if isinstance(exc, RequestError):
-        bad_request(context, convert.field_path(field_prefix, exc.field), exc.problem)
+        return bad_request(convert.field_path(field_prefix, exc.field), exc.problem)
     if isinstance(exc, PriceChanged):
         receipt = {**exc.receipt, "settlement_id": ""}
-        abort(context, code_pb2.FAILED_PRECONDITION, str(exc),
-              [info("PRICE_CHANGED", payable_cents=exc.receipt["payable_cents"]),
-               convert.settle_response(receipt)])
+        return refusal(code_pb2.FAILED_PRECONDITION, str(exc),
+                       [info("PRICE_CHANGED", payable_cents=exc.receipt["payable_cents"]),
+                        convert.settle_response(receipt)])
     if isinstance(exc, InsufficientBalance):
-        abort(context, code_pb2.FAILED_PRECONDITION, str(exc),
-              [info("INSUFFICIENT_BALANCE", account=exc.kind, ref=exc.ref,
-                    short_by=exc.short_by)])
+        return refusal(code_pb2.FAILED_PRECONDITION, str(exc),
+                       [info("INSUFFICIENT_BALANCE", account=exc.kind, ref=exc.ref,
+                             short_by=exc.short_by)])
     if isinstance(exc, Conflict):
-        abort(context, code_pb2.FAILED_PRECONDITION, str(exc), [info("CONFLICT")])
+        return refusal(code_pb2.FAILED_PRECONDITION, str(exc), [info("CONFLICT")])
     if isinstance(exc, NotFound):
-        abort(context, code_pb2.NOT_FOUND, str(exc), [info("NOT_FOUND")])
+        return refusal(code_pb2.NOT_FOUND, str(exc), [info("NOT_FOUND")])
     if isinstance(exc, IdempotencyConflict):
-        abort(context, code_pb2.ALREADY_EXISTS, str(exc), [info("IDEMPOTENCY_KEY_REUSED")])
+        return refusal(code_pb2.ALREADY_EXISTS, str(exc), [info("IDEMPOTENCY_KEY_REUSED")])
     if is_unavailable(exc):
         log.warning("database unavailable: %s", exc)
-        abort(context, code_pb2.UNAVAILABLE, "the ledger database is unavailable; retry with "
-              "the same idempotency key", [info("DATABASE_UNAVAILABLE")])
-    log.exception("internal error", exc_info=exc)
-    abort(context, code_pb2.INTERNAL, "internal error (logged on the server)")
+        return refusal(code_pb2.UNAVAILABLE, "the ledger database is unavailable; retry with "
+                       "the same idempotency key", [info("DATABASE_UNAVAILABLE")])
+    log.error("internal error", exc_info=exc)
+    return refusal(code_pb2.INTERNAL, "internal error (logged on the server)")

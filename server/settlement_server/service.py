@@ -10,11 +10,13 @@ import binascii
 import functools
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from google.rpc import code_pb2
+from grpc_status import rpc_status
 from sqlalchemy import Engine
 
 import settlement
@@ -26,7 +28,7 @@ from settlement.v1 import settlement_pb2_grpc as pb_grpc
 
 from . import convert
 from .auth import ADMIN, ANY, POS, Authenticator
-from .errors import Forbidden, abort, refuse
+from .errors import Forbidden, refusal, status_for
 
 _R = TypeVar("_R")
 
@@ -56,26 +58,53 @@ class Core:
             return rulebook.version
 
 
-def rpc(roles: frozenset[str], prefix: str = "") -> Callable[..., Any]:
-    """Authenticate, honour the deadline, call the method with (ledger, terminal), and map
-    any refusal to its status. ``prefix``: the proto path of the domain request's fields."""
+@dataclass(frozen=True)
+class Rpc:
+    """How to run one servicer method: who may call it, the proto path of its domain
+    request (error field names), and whether it may run on the event loop of the aio
+    server (no database: ``inline(request)`` is true)."""
+
+    roles: frozenset[str]
+    prefix: str = ""
+    inline: Callable[[Any], bool] | None = None
+
+
+def rpc(roles: frozenset[str], prefix: str = "",
+        inline: Callable[[Any], bool] | None = None) -> Callable[..., Any]:
+    """Mark a servicer method ``(self, request, ledger, terminal)`` with its :class:`Rpc`
+    and give it the sync server's signature ``(self, request, context)``: authenticate,
+    honour the deadline, run, and map any refusal to its status."""
 
     def wrap(method: Callable[..., _R]) -> Callable[..., _R]:
+        spec = Rpc(roles, prefix, inline)
+
         @functools.wraps(method)
         def handler(self: Any, request: Any, context: grpc.ServicerContext) -> _R:
-            terminal = self.core.auth.check(context, roles)
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                abort(context, code_pb2.DEADLINE_EXCEEDED, "deadline exceeded before start")
             try:
-                return method(self, request, self.core.ledger, terminal)
-            except Exception as exc:  # noqa: BLE001 - every refusal is mapped below
+                return self.run(spec, method, request, context.invocation_metadata(),
+                                context.time_remaining())
+            except Exception as exc:  # noqa: BLE001 - every refusal is mapped
                 problem = exc
-            refuse(context, problem, prefix)
+            context.abort_with_status(rpc_status.to_status(status_for(problem, prefix)))
+            raise AssertionError("abort_with_status returned")  # pragma: no cover
 
+        handler.rpc = spec  # type: ignore[attr-defined]
+        handler.body = method  # type: ignore[attr-defined]
         return handler
 
     return wrap
+
+
+class _Servicer:
+    core: Core
+
+    def run(self, spec: Rpc, method: Callable[..., _R], request: Any, metadata: Any,
+            remaining: float | None) -> _R:
+        """Authenticate and call ``method``; raises what the call is refused with."""
+        terminal = self.core.auth.check(metadata, spec.roles)
+        if remaining is not None and remaining <= 0:
+            raise refusal(code_pb2.DEADLINE_EXCEEDED, "deadline exceeded before start")
+        return method(self, request, self.core.ledger, terminal)
 
 
 def _key(request: Any) -> str:
@@ -95,13 +124,13 @@ def _after(token: str) -> str | None:
         raise RequestError("page_token", "is not a token this server returned") from None
 
 
-class SettlementServicer(pb_grpc.SettlementServiceServicer):
+class SettlementServicer(_Servicer, pb_grpc.SettlementServiceServicer):
     """Quote, Settle, Refund, Void, GetSettlement, Ping."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    @rpc(POS, prefix="basket")
+    @rpc(POS, prefix="basket", inline=lambda r: r.basket.WhichOneof("member") is None)
     def Quote(self, request: pb.QuoteRequest, ledger: Ledger, t: Terminal) -> pb.QuoteResponse:
         return pb.QuoteResponse(receipt=convert.receipt(
             ledger.quote(t.store, convert.basket(request.basket))))
@@ -147,12 +176,12 @@ class SettlementServicer(pb_grpc.SettlementServiceServicer):
             raise Forbidden(f"settlement {request.settlement_id!r} belongs to another store")
         return convert.settlement(found)
 
-    @rpc(ANY)
+    @rpc(ANY, inline=lambda r: True)
     def Ping(self, request: pb.PingRequest, ledger: Ledger, t: Terminal) -> pb.PingResponse:
         return pb.PingResponse()
 
 
-class MemberServicer(pb_grpc.MemberServiceServicer):
+class MemberServicer(_Servicer, pb_grpc.MemberServiceServicer):
     """Members, stored value, coupons, cards, count cards."""
 
     def __init__(self, core: Core) -> None:
@@ -240,3 +269,38 @@ class MemberServicer(pb_grpc.MemberServiceServicer):
         return pb.CountCardResponse(**ledger.consume_count_card(
             t.store, _key(request), request.member_id, request.card_id, request.sku,
             request.uses or 1))
+
+
+def aio_servicer(sync_class: type, base: type, core: Core,
+                 executor: Any) -> Any:
+    """The same servicer for the ``grpc.aio`` server: each method authenticates and runs its
+    body in ``executor`` (the ledger blocks on the database), or on the event loop when its
+    :class:`Rpc` says the request needs no database."""
+    import asyncio
+
+    def make(name: str, handler: Any) -> Any:
+        spec, body = handler.rpc, handler.body
+
+        async def method(self: Any, request: Any, context: Any) -> Any:
+            remaining = context.time_remaining()
+            metadata = context.invocation_metadata()
+            try:
+                if spec.inline is not None and spec.inline(request):
+                    return self.sync.run(spec, body, request, metadata, remaining)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(executor, self.sync.run, spec, body,
+                                                  request, metadata, remaining)
+            except Exception as exc:  # noqa: BLE001 - every refusal is mapped
+                problem = exc
+            await context.abort_with_status(rpc_status.to_status(
+                status_for(problem, spec.prefix)))
+
+        method.__name__ = name
+        return method
+
+    methods = {name: make(name, value) for name, value in vars(sync_class).items()
+               if hasattr(value, "rpc")}
+    cls = type(f"Aio{sync_class.__name__}", (base,), methods)
+    servicer = cls()
+    servicer.sync = sync_class(core)
+    return servicer

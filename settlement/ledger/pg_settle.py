@@ -142,6 +142,22 @@ def begin(pg: psycopg.Connection[Any], store: str, key: str, operation: str, dig
     return None, card_row, snap_row
 
 
+def read_member(pg: psycopg.Connection[Any], member_id: str | None, card_no: str | None,
+                ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+    """For a quote: the card row and the member's snapshot row in one round trip, without a
+    lock or a transaction (the snapshot is one statement, so it is consistent)."""
+    pg.autocommit = True
+    try:
+        with pg.pipeline():
+            card = pg.execute(CARD_SQL, (card_no,)) if card_no is not None else None
+            snap = pg.execute(PG_SNAPSHOT_SQL, {"member": member_id, "card": card_no})
+            card_row = card.fetchone() if card is not None else None
+            snap_row = snap.fetchone()
+    finally:
+        pg.autocommit = False
+    return card_row, snap_row
+
+
 def receipt(pg: psycopg.Connection[Any], settlement_id: str) -> str:
     """A settlement's stored receipt (JSON)."""
     row = pg.execute(RECEIPT_SQL, (settlement_id,)).fetchone()

@@ -539,20 +539,7 @@ class Ledger:
                 pg.rollback()
                 return stored
             at = self._settle_at(req, now)
-            member_id = req.get("member_id")
-            if req.get("card_no") is not None:
-                if card is None:
-                    raise NotFound(f"card {req['card_no']!r} not found")
-                if card[1] != "active":
-                    raise Conflict(f"card {req['card_no']!r} is {card[1]}")
-                if member_id is not None and member_id != card[0]:
-                    raise Conflict("card_no belongs to another member")
-                member_id = card[0]
-            snap = None
-            if member_id is not None:
-                if row is None:
-                    raise NotFound(f"member {member_id!r} not found")
-                snap = snapshot_from_pg(row)
+            snap = self._pg_snapshot(req, card, row)
 
             def ensure(kind: str, ref: str) -> Account:
                 assert snap is not None
@@ -576,6 +563,26 @@ class Ledger:
             raise
         finally:
             fairy.close()
+
+    @staticmethod
+    def _pg_snapshot(req: Mapping[str, Any], card: tuple[Any, ...] | None,
+                     row: tuple[Any, ...] | None) -> MemberSnapshot | None:
+        """The member's snapshot from the PostgreSQL path's card and snapshot rows, with the
+        portable path's checks in its order (card first, then member)."""
+        member_id = req.get("member_id")
+        if req.get("card_no") is not None:
+            if card is None:
+                raise NotFound(f"card {req['card_no']!r} not found")
+            if card[1] != "active":
+                raise Conflict(f"card {req['card_no']!r} is {card[1]}")
+            if member_id is not None and member_id != card[0]:
+                raise Conflict("card_no belongs to another member")
+            member_id = card[0]
+        if member_id is None:
+            return None
+        if row is None:
+            raise NotFound(f"member {member_id!r} not found")
+        return snapshot_from_pg(row)
 
     def _settle_at(self, req: Mapping[str, Any], now: int) -> int:
         """The settlement's instant: the request's ``at`` (within the clock skew) or now."""
@@ -706,6 +713,9 @@ class Ledger:
         if payload.get("member_id") is None and payload.get("card_no") is None:
             return settlement.quote(self.rulebook, self._quote_request(None, store, payload, at))
 
+        if self.engine.dialect.name == "postgresql":
+            return self._once_more_if_disconnected(lambda: self._quote_pg(store, payload, at))
+
         def run() -> dict[str, Any]:
             with self.engine.connect() as conn:
                 member_id = payload.get("member_id")
@@ -719,6 +729,24 @@ class Ledger:
             return settlement.quote(self.rulebook, self._quote_request(snap, store, payload, at))
 
         return self._once_more_if_disconnected(run)
+
+    def _quote_pg(self, store: str, req: dict[str, Any], at: int) -> dict[str, Any]:
+        """Quote on PostgreSQL: the member read in one round trip, no transaction."""
+        fairy = self.engine.raw_connection()
+        pg = fairy.driver_connection
+        assert pg is not None
+        try:
+            card, row = pg_settle.read_member(pg, req.get("member_id"), req.get("card_no"))
+        except psycopg.OperationalError as exc:
+            if not pg.broken:
+                raise
+            fairy.invalidate(exc)
+            self.engine.dispose(close=False)
+            raise _Disconnected() from exc
+        finally:
+            fairy.close()
+        snap = self._pg_snapshot(req, card, row)
+        return settlement.quote(self.rulebook, self._quote_request(snap, store, req, at))
 
     def get_settlement(self, settlement_id: str) -> dict[str, Any]:
         """A settlement: its receipt, status and refunded units per line."""

@@ -1,0 +1,312 @@
+"""The gRPC API beside its floors, in one run on one machine.
+
+    .venv/bin/python bench/grpc_vs_floor.py [--seconds 4] [--workers 2] [--members 2000]
+
+One durable PostgreSQL cluster (tests/pgcluster.py) holds the ledger and a
+pgbench database; ``settlement serve --workers N`` runs on it as a separate
+process. Measured, all through the same server stack (auth included) and the
+same Python client (settlement_pos.PosClient's stubs):
+
+1. latency at low load: one connection, one call at a time, alternating call
+   by call ``Ping`` (an empty RPC), ``Quote`` of a walk-in 20-line basket (no
+   database) and ``Quote`` of a member's basket of up to 10 lines (reads the
+   member): p50, p99;
+2. throughput, closed loop, ``--clients`` connections from 4 client processes:
+   Ping, Quote (walk-in), Settle;
+3. pgbench tpcb-like, ``--clients`` clients, before and after the Settle pass;
+4. Settle at a fixed rate of 80 % of its closed-loop maximum: latency measured
+   from each call's scheduled start, so a stall is not hidden (coordinated
+   omission).
+
+Results go to stdout as a markdown table and to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+import settlement  # noqa: E402
+from bench.ledger_vs_pgbench import (  # noqa: E402
+    LEDGER_DB,
+    PGBENCH_DB,
+    RULEBOOK,
+    catalogue,
+    checkpoint,
+    log,
+    make_request,
+    percentile,
+    pgbench_run,
+    set_up_ledger,
+)
+from settlement.ledger.db import create_ledger_engine  # noqa: E402
+from settlement.ledger.terminals import add_terminal  # noqa: E402
+from settlement.v1 import settlement_pb2 as pb  # noqa: E402
+from settlement_pos import PosClient, basket  # noqa: E402
+from tests.pgcluster import PostgresCluster  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serving(target: str) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                               timeout=1)
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def requests_for(kind: str, seed: int, members: int) -> Any:
+    """An endless supply of (method name, request) for ``kind``."""
+    rng = random.Random(seed)
+    items = catalogue(7)
+    walk_in = pb.QuoteRequest(basket=basket({"lines": [
+        {**item, "quantity": 1 + i % 3} for i, item in enumerate(items[:20])]}))
+    n = 0
+    while True:
+        n += 1
+        if kind == "ping":
+            yield "Ping", pb.PingRequest()
+        elif kind == "quote":
+            yield "Quote", walk_in
+        elif kind == "quote_member":
+            spec = make_request(rng, items, members)
+            del spec["at"]
+            spec["lines"] = spec["lines"][:10]
+            yield "Quote", pb.QuoteRequest(basket=basket(spec))
+        else:
+            spec = make_request(rng, items, members)
+            del spec["at"]  # the server's clock: Settle refuses a far-off instant
+            yield "Settle", pb.SettleRequest(idempotency_key=f"b{seed}-{n}",
+                                             basket=basket(spec))
+
+
+def closed_loop(target: str, token: str, kind: str, seconds: float, seed: int,
+                members: int) -> list[float]:
+    """Calls one after the other for ``seconds``; latencies in ms (errors raise)."""
+    with PosClient(target, token, timeout=30) as pos:
+        stub = pos.settlements
+        supply = requests_for(kind, seed, members)
+        pos.ping()
+        out: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while True:
+            name, request = next(supply)
+            t0 = time.perf_counter()
+            if t0 >= deadline:
+                return out
+            getattr(stub, name)(request, timeout=30, metadata=pos.metadata)
+            out.append((time.perf_counter() - t0) * 1e3)
+
+
+def _thread_loop(args: tuple[Any, ...]) -> list[float]:
+    return closed_loop(*args)
+
+
+def _process(args: tuple[str, str, str, float, int, int, int, float]) -> list[float]:
+    """One client process: ``threads`` connections, closed loop or fixed rate."""
+    import threading
+
+    target, token, kind, seconds, seed, members, threads, rate = args
+    rate /= threads  # this process's rate, shared by its connections
+    results: list[list[float]] = [[] for _ in range(threads)]
+
+    def run(i: int) -> None:
+        if rate <= 0:
+            results[i] = closed_loop(target, token, kind, seconds, seed * 100 + i, members)
+            return
+        # fixed rate: call k is due at start + k / rate; latency counts from when it was due
+        with PosClient(target, token, timeout=30) as pos:
+            supply = requests_for(kind, seed * 100 + i, members)
+            pos.ping()
+            start = time.perf_counter() + 0.05
+            k = 0
+            while True:
+                due = start + k / rate
+                if due - start >= seconds:
+                    return
+                now = time.perf_counter()
+                if due > now:
+                    time.sleep(due - now)
+                name, request = next(supply)
+                getattr(pos.settlements, name)(request, timeout=30, metadata=pos.metadata)
+                results[i].append((time.perf_counter() - due) * 1e3)
+                k += 1
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return [x for r in results for x in r]
+
+
+def load(target: str, token: str, kind: str, seconds: float, clients: int, members: int,
+         rate: float = 0.0, seed: int = 1) -> dict[str, Any]:
+    """``clients`` connections over 4 processes; ``rate`` > 0: total calls/s, fixed."""
+    processes = min(4, clients)
+    per = [clients // processes + (1 if i < clients % processes else 0)
+           for i in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        t0 = time.perf_counter()
+        parts = pool.map(_process, [(target, token, kind, seconds, seed * 10 + i, members,
+                                     per[i], rate * per[i] / clients if rate else 0.0)
+                                    for i in range(processes)])
+        wall = time.perf_counter() - t0
+    lat = sorted(x for part in parts for x in part)
+    return {"kind": kind, "clients": clients, "calls": len(lat), "seconds": seconds,
+            "per_second": len(lat) / seconds, "rate_asked": rate, "wall_s": wall,
+            "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99)}
+
+
+def latency_rounds(target: str, token: str, seconds: float, members: int) -> dict[str, Any]:
+    """One connection, one call at a time, the three kinds interleaved call by call (the
+    same worker, the same moment: the fairest comparison)."""
+    lat: dict[str, list[float]] = {"ping": [], "quote": [], "quote_member": []}
+    supplies = {kind: requests_for(kind, 5, members) for kind in lat}
+    with PosClient(target, token, timeout=30) as pos:
+        pos.ping()
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            for kind, values in lat.items():
+                name, request = next(supplies[kind])
+                t0 = time.perf_counter()
+                getattr(pos.settlements, name)(request, timeout=30, metadata=pos.metadata)
+                values.append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for kind, values in lat.items():
+        values.sort()
+        out[kind] = {"calls": len(values), "p50_ms": percentile(values, 0.5),
+                     "p99_ms": percentile(values, 0.99)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="each measured phase")
+    parser.add_argument("--workers", type=int, default=2, help="server processes")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--members", type=int, default=2000)
+    parser.add_argument("--scale", type=int, default=8, help="pgbench -i -s")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    cluster = PostgresCluster(durable=True)
+    server = None
+    try:
+        log("starting a durable PostgreSQL cluster")
+        cluster.start()
+        cluster.create_database(PGBENCH_DB)
+        cluster.run_pgbench(["-i", "-s", str(args.scale), "-q"], dbname=PGBENCH_DB,
+                            timeout=900)
+        cluster.create_database(LEDGER_DB)
+        url = cluster.url(dbname=LEDGER_DB)
+        log(f"ledger: migrate and enrol {args.members} members")
+        set_up_ledger(url, settlement.load_rulebook(RULEBOOK), args.members)
+        engine = create_ledger_engine(url)
+        token = add_terminal(engine, "BENCH", "S001", "pos")
+        engine.dispose()
+        with cluster.connect(LEDGER_DB, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        target = f"127.0.0.1:{free_port()}"
+        log(f"settlement serve --workers {args.workers} on {target}")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "settlement", "serve", "--listen", target, "--rulebook",
+             str(RULEBOOK), "--database-url", url, "--workers", str(args.workers)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "SETTLEMENT_IMPL": "fast"})
+        deadline = time.monotonic() + 60
+        while not serving(target):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.2)
+        log("latency at low load: Ping / Quote walk-in / Quote member, interleaved")
+        result["latency"] = latency_rounds(target, token, args.seconds * 2, args.members)
+        for kind in ("ping", "quote"):
+            log(f"throughput: {kind}, {args.clients} clients")
+            result[f"throughput_{kind}"] = load(target, token, kind, args.seconds,
+                                                args.clients, args.members)
+        log("pgbench before")
+        checkpoint(cluster)
+        result["pgbench_before"] = pgbench_run(cluster, args.clients, 2, int(args.seconds))
+        log(f"settle: closed loop, {args.clients} clients")
+        checkpoint(cluster)
+        result["settle"] = load(target, token, "settle", args.seconds, args.clients,
+                                args.members, seed=2)
+        log("pgbench after")
+        checkpoint(cluster)
+        result["pgbench_after"] = pgbench_run(cluster, args.clients, 2, int(args.seconds))
+        rate = 0.8 * result["settle"]["per_second"]
+        log(f"settle: fixed rate {rate:.0f}/s")
+        checkpoint(cluster)
+        result["settle_fixed"] = load(target, token, "settle", args.seconds, args.clients,
+                                      args.members, rate=rate, seed=3)
+        mean = (result["pgbench_before"]["tps"] + result["pgbench_after"]["tps"]) / 2
+        result["pgbench_mean_tps"] = mean
+        result["settle_ratio"] = result["settle"]["per_second"] / mean
+        lat = result["latency"]
+        result["quote_p50_ratio"] = lat["quote"]["p50_ms"] / lat["ping"]["p50_ms"]
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            server.wait(30)
+        cluster.stop()
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def table(r: dict[str, Any]) -> str:
+    lat = r["latency"]
+    rows = [("empty RPC (Ping), 1 client: p50 / p99",
+             f"{lat['ping']['p50_ms']:.3f} / {lat['ping']['p99_ms']:.3f} ms"),
+            ("Quote walk-in 20 lines, 1 client: p50 / p99",
+             f"{lat['quote']['p50_ms']:.3f} / {lat['quote']['p99_ms']:.3f} ms"),
+            ("Quote member 10 lines (reads the member), 1 client: p50 / p99",
+             f"{lat['quote_member']['p50_ms']:.3f} / {lat['quote_member']['p99_ms']:.3f} ms"),
+            ("**Quote p50 / Ping p50**", f"**{r['quote_p50_ratio']:.2f}x** (target <= 1.2x)")]
+    for kind in ("ping", "quote"):
+        t = r[f"throughput_{kind}"]
+        rows.append((f"{kind} throughput, {t['clients']} clients",
+                     f"{t['per_second']:,.0f}/s (p50 {t['p50_ms']:.2f}, p99 {t['p99_ms']:.2f} ms)"))
+    s = r["settle"]
+    rows += [("pgbench tpcb-like before / after / mean",
+              f"{r['pgbench_before']['tps']:,.1f} / {r['pgbench_after']['tps']:,.1f} / "
+              f"{r['pgbench_mean_tps']:,.1f} TPS"),
+             (f"Settle over gRPC, closed loop, {s['clients']} clients",
+              f"{s['per_second']:,.1f}/s (p50 {s['p50_ms']:.2f}, p99 {s['p99_ms']:.2f} ms)"),
+             ("**Settle / pgbench**", f"**{r['settle_ratio']:.3f}x** (target >= 0.7x)")]
+    f = r["settle_fixed"]
+    rows.append((f"Settle at a fixed {f['rate_asked']:.0f}/s (80 % of max)",
+                 f"{f['per_second']:,.1f}/s done, p50 {f['p50_ms']:.2f}, p99 {f['p99_ms']:.2f} ms "
+                 "(from scheduled start; target p99 <= 15 ms)"))
+    return "\n".join(["| measure | value |", "| --- | --- |",
+                      *[f"| {a} | {b} |" for a, b in rows]])
+
+
+if __name__ == "__main__":
+    main()
