@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--scale", type=int, default=8, help="pgbench -i -s")
+    parser.add_argument("--impls", default="sync,aio", help="server implementations to run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
@@ -231,44 +232,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         engine.dispose()
         with cluster.connect(LEDGER_DB, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-        target = f"127.0.0.1:{free_port()}"
-        log(f"settlement serve --workers {args.workers} on {target}")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "settlement", "serve", "--listen", target, "--rulebook",
-             str(RULEBOOK), "--database-url", url, "--workers", str(args.workers)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "SETTLEMENT_IMPL": "fast"})
-        deadline = time.monotonic() + 60
-        while not serving(target):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
-        log("latency at low load: Ping / Quote walk-in / Quote member, interleaved")
-        result["latency"] = latency_rounds(target, token, args.seconds * 2, args.members)
-        for kind in ("ping", "quote"):
-            log(f"throughput: {kind}, {args.clients} clients")
-            result[f"throughput_{kind}"] = load(target, token, kind, args.seconds,
-                                                args.clients, args.members)
         log("pgbench before")
         checkpoint(cluster)
         result["pgbench_before"] = pgbench_run(cluster, args.clients, 2, int(args.seconds))
-        log(f"settle: closed loop, {args.clients} clients")
-        checkpoint(cluster)
-        result["settle"] = load(target, token, "settle", args.seconds, args.clients,
-                                args.members, seed=2)
+        for n, impl in enumerate(args.impls.split(",")):
+            target = f"127.0.0.1:{free_port()}"
+            log(f"settlement serve --impl {impl} --workers {args.workers} on {target}")
+            server = subprocess.Popen(
+                [sys.executable, "-m", "settlement", "serve", "--listen", target, "--rulebook",
+                 str(RULEBOOK), "--database-url", url, "--workers", str(args.workers),
+                 "--impl", impl],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={**os.environ, "SETTLEMENT_IMPL": "fast"})
+            deadline = time.monotonic() + 60
+            while not serving(target):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the server did not start")
+                time.sleep(0.2)
+            r: dict[str, Any] = {}
+            log(f"{impl}: latency at low load: Ping / Quote walk-in / Quote member")
+            r["latency"] = latency_rounds(target, token, args.seconds * 2, args.members)
+            for kind in ("ping", "quote"):
+                log(f"{impl}: throughput: {kind}, {args.clients} clients")
+                r[f"throughput_{kind}"] = load(target, token, kind, args.seconds,
+                                               args.clients, args.members)
+            log(f"{impl}: settle: closed loop, {args.clients} clients")
+            checkpoint(cluster)
+            r["settle"] = load(target, token, "settle", args.seconds, args.clients,
+                               args.members, seed=2 + 10 * n)
+            rate = 0.8 * r["settle"]["per_second"]
+            log(f"{impl}: settle: fixed rate {rate:.0f}/s")
+            checkpoint(cluster)
+            r["settle_fixed"] = load(target, token, "settle", args.seconds, args.clients,
+                                     args.members, rate=rate, seed=3 + 10 * n)
+            lat = r["latency"]
+            r["quote_p50_ratio"] = lat["quote"]["p50_ms"] / lat["ping"]["p50_ms"]
+            result[impl] = r
+            server.terminate()
+            server.wait(30)
         log("pgbench after")
         checkpoint(cluster)
         result["pgbench_after"] = pgbench_run(cluster, args.clients, 2, int(args.seconds))
-        rate = 0.8 * result["settle"]["per_second"]
-        log(f"settle: fixed rate {rate:.0f}/s")
-        checkpoint(cluster)
-        result["settle_fixed"] = load(target, token, "settle", args.seconds, args.clients,
-                                      args.members, rate=rate, seed=3)
         mean = (result["pgbench_before"]["tps"] + result["pgbench_after"]["tps"]) / 2
         result["pgbench_mean_tps"] = mean
-        result["settle_ratio"] = result["settle"]["per_second"] / mean
-        lat = result["latency"]
-        result["quote_p50_ratio"] = lat["quote"]["p50_ms"] / lat["ping"]["p50_ms"]
+        for impl in args.impls.split(","):
+            result[impl]["settle_ratio"] = result[impl]["settle"]["per_second"] / mean
     finally:
         if server is not None and server.poll() is None:
             server.terminate()
@@ -281,31 +289,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def table(r: dict[str, Any]) -> str:
-    lat = r["latency"]
-    rows = [("empty RPC (Ping), 1 client: p50 / p99",
-             f"{lat['ping']['p50_ms']:.3f} / {lat['ping']['p99_ms']:.3f} ms"),
-            ("Quote walk-in 20 lines, 1 client: p50 / p99",
-             f"{lat['quote']['p50_ms']:.3f} / {lat['quote']['p99_ms']:.3f} ms"),
-            ("Quote member 10 lines (reads the member), 1 client: p50 / p99",
-             f"{lat['quote_member']['p50_ms']:.3f} / {lat['quote_member']['p99_ms']:.3f} ms"),
-            ("**Quote p50 / Ping p50**", f"**{r['quote_p50_ratio']:.2f}x** (target <= 1.2x)")]
-    for kind in ("ping", "quote"):
-        t = r[f"throughput_{kind}"]
-        rows.append((f"{kind} throughput, {t['clients']} clients",
-                     f"{t['per_second']:,.0f}/s (p50 {t['p50_ms']:.2f}, p99 {t['p99_ms']:.2f} ms)"))
-    s = r["settle"]
-    rows += [("pgbench tpcb-like before / after / mean",
-              f"{r['pgbench_before']['tps']:,.1f} / {r['pgbench_after']['tps']:,.1f} / "
-              f"{r['pgbench_mean_tps']:,.1f} TPS"),
-             (f"Settle over gRPC, closed loop, {s['clients']} clients",
-              f"{s['per_second']:,.1f}/s (p50 {s['p50_ms']:.2f}, p99 {s['p99_ms']:.2f} ms)"),
-             ("**Settle / pgbench**", f"**{r['settle_ratio']:.3f}x** (target >= 0.7x)")]
-    f = r["settle_fixed"]
-    rows.append((f"Settle at a fixed {f['rate_asked']:.0f}/s (80 % of max)",
-                 f"{f['per_second']:,.1f}/s done, p50 {f['p50_ms']:.2f}, p99 {f['p99_ms']:.2f} ms "
-                 "(from scheduled start; target p99 <= 15 ms)"))
-    return "\n".join(["| measure | value |", "| --- | --- |",
-                      *[f"| {a} | {b} |" for a, b in rows]])
+    impls = [k for k in ("sync", "aio") if k in r]
+
+    def row(label: str, fn: Any) -> str:
+        return f"| {label} | " + " | ".join(fn(r[impl]) for impl in impls) + " |"
+
+    def lat(kind: str) -> Any:
+        return lambda x: (f"{x['latency'][kind]['p50_ms']:.3f} / "
+                          f"{x['latency'][kind]['p99_ms']:.3f} ms")
+
+    def tput(kind: str) -> Any:
+        return lambda x: (f"{x[kind]['per_second']:,.0f}/s (p50 {x[kind]['p50_ms']:.2f}, "
+                          f"p99 {x[kind]['p99_ms']:.2f} ms)")
+
+    lines = [f"| measure | {' | '.join(impls)} |", "| --- |" + " --- |" * len(impls),
+             row("empty RPC (Ping), 1 connection: p50 / p99", lat("ping")),
+             row("Quote walk-in 20 lines: p50 / p99", lat("quote")),
+             row("Quote member (reads the member): p50 / p99", lat("quote_member")),
+             row("**Quote p50 / Ping p50** (target <= 1.2x)",
+                 lambda x: f"**{x['quote_p50_ratio']:.2f}x**"),
+             row("Ping throughput, closed loop", tput("throughput_ping")),
+             row("Quote throughput, closed loop", tput("throughput_quote")),
+             row("Settle throughput, closed loop", tput("settle")),
+             row("**Settle / pgbench** (target >= 0.7x)",
+                 lambda x: f"**{x['settle_ratio']:.3f}x**"),
+             row("Settle at 80 % of max, fixed rate: done, p50 / p99 from scheduled start "
+                 "(target p99 <= 15 ms)",
+                 lambda x: (f"{x['settle_fixed']['per_second']:,.0f}/s of "
+                            f"{x['settle_fixed']['rate_asked']:,.0f}/s, "
+                            f"{x['settle_fixed']['p50_ms']:.2f} / "
+                            f"{x['settle_fixed']['p99_ms']:.2f} ms"))]
+    lines.append(f"| pgbench tpcb-like, {r['args']['clients']} clients: before / after / mean | "
+                 f"{r['pgbench_before']['tps']:,.1f} / {r['pgbench_after']['tps']:,.1f} / "
+                 f"{r['pgbench_mean_tps']:,.1f} TPS |" + " |" * (len(impls) - 1))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
