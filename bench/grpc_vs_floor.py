@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=4.0, help="each measured phase")
     parser.add_argument("--workers", type=int, default=2, help="server processes")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=16, help="server threads per worker")
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--scale", type=int, default=8, help="pgbench -i -s")
     parser.add_argument("--impls", default="sync,aio", help="server implementations to run")
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             server = subprocess.Popen(
                 [sys.executable, "-m", "settlement", "serve", "--listen", target, "--rulebook",
                  str(RULEBOOK), "--database-url", url, "--workers", str(args.workers),
-                 "--impl", impl],
+                 "--threads", str(args.threads), "--impl", impl],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**os.environ, "SETTLEMENT_IMPL": "fast"})
             deadline = time.monotonic() + 60

@@ -103,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"serve: the server package is not installed ({exc})")
     try:
         config = load_config(args.config, listen=args.listen, rulebook=args.rulebook,
-                             workers=args.workers, impl=args.impl,
+                             workers=args.workers, threads=args.threads, impl=args.impl,
                              database_url=args.database_url)
     except ValueError as exc:
         return _fail(f"serve: {exc}")
@@ -201,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--listen", help="host:port (default 127.0.0.1:50051)")
     srv.add_argument("--rulebook", help="rulebook TOML file")
     srv.add_argument("--workers", type=int, help="worker processes sharing the port")
+    srv.add_argument("--threads", type=int, help="RPC threads per worker process (16)")
     srv.add_argument("--impl", choices=("sync", "aio"),
                      help="server implementation (default sync: measured faster here)")
     srv.add_argument("--demo", action="store_true",
