@@ -221,3 +221,55 @@ def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(params=["sync", "aio"])
+def pg_api(request: pytest.FixtureRequest, postgres_cluster, examples_dir: Path,
+           tmp_path: Path):
+    from uuid import uuid4
+
+    name = f"d_{uuid4().hex[:12]}"
+    postgres_cluster.create_database(name)
+    with api_server(postgres_cluster.url(dbname=name), examples_dir, tmp_path,
+                    request.param) as server:
+        yield server
+
+
+def test_shutdown_drains_a_call_in_flight(pg_api: Api) -> None:
+    """A Settle waiting on its member's row lock (held from outside, PostgreSQL) when
+    shutdown starts still completes; calls that arrive after shutdown began are refused."""
+    api = pg_api
+    api.ledger.enroll("S001", "e", member_id="M0001")
+    blocker = api.ledger.engine.connect()
+    blocker.execute(select(schema.members).where(schema.members.c.id == "M0001")
+                    .with_for_update())
+    basket = {"member_id": "M0001", "lines": [
+        {"sku": "A", "category": "grain", "unit_price_cents": 1000, "quantity": 1}]}
+    outcome: list[object] = []
+    with api.client(attempts=1, timeout=30) as pos, api.client(attempts=1) as late:
+        pos.ping()
+        late.ping()
+        caller = threading.Thread(target=lambda: outcome.append(pos.settle(basket, key="fly")))
+        caller.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock(api):
+            assert time.monotonic() < deadline, "the settle never reached the lock"
+            time.sleep(0.05)
+        stopped = api.running.stop(20)
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as refused:
+            late.ping()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        blocker.rollback()  # release the member: the call in flight finishes
+        blocker.close()
+        caller.join(20)
+        assert stopped.wait(20)
+    assert len(outcome) == 1 and outcome[0].receipt.payable_cents == 1000
+    assert settlements(api) == 1
+
+
+def _waiting_on_a_lock(api: Api) -> bool:
+    with api.ledger.engine.connect() as conn:
+        return bool(conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()").scalar())

@@ -110,6 +110,8 @@ class _AioServer:
         self.thread = threading.Thread(target=self.loop.run_forever, name="aio", daemon=True)
         self.thread.start()
         self.config, self.core = config, core
+        self._stop_lock = threading.Lock()
+        self._stopped: threading.Event | None = None
         self.port, self.health = self._call(self._build())
 
     def _call(self, coroutine: Any) -> Any:
@@ -143,7 +145,11 @@ class _AioServer:
         return port, health_servicer
 
     def stop(self, grace: float) -> threading.Event:
-        done = threading.Event()
+        """Like ``grpc.Server.stop``; stopping again returns the first stop's event."""
+        with self._stop_lock:
+            if self._stopped is not None:
+                return self._stopped
+            done = self._stopped = threading.Event()
 
         async def stopping() -> None:
             await self.health.enter_graceful_shutdown()
