@@ -22,11 +22,10 @@ TOML (``--config`` or ``SETTLEMENT_CONFIG``)::
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from settlement.ledger.db import database_url
+from settlement.ledger.db import database_url, read_config
 
 
 @dataclass(frozen=True)
@@ -79,12 +78,7 @@ def load_config(path: str | None = None, **flags: Any) -> ServerConfig:
     values: dict[str, Any] = {}
     names = {f.name: f.type for f in fields(ServerConfig)}
     if path:
-        try:
-            with open(path, "rb") as handle:
-                settings = tomllib.load(handle)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"config {path}: {exc}") from None
-        for key, value in settings.get("server", {}).items():
+        for key, value in read_config(path).get("server", {}).items():
             if key not in names or key == "database_url":
                 raise ValueError(f"config {path}: unknown setting server.{key}")
             values[key] = value

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -31,17 +32,21 @@ def database_url(explicit: str | None = None, config: str | None = None) -> str:
         return os.environ["SETTLEMENT_DATABASE_URL"]
     path = config or os.environ.get("SETTLEMENT_CONFIG")
     if path:
-        try:
-            with open(path, "rb") as handle:
-                settings = tomllib.load(handle)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"config {path}: {exc}") from None
-        url = settings.get("database", {}).get("url")
+        url = read_config(path).get("database", {}).get("url")
         if url is not None:
             if not isinstance(url, str) or not url:
                 raise ValueError(f"config {path}: database.url must be a non-empty string")
             return url
     return DEFAULT_URL
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """A TOML config file; ValueError naming the file when unreadable or invalid."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"config {path}: {exc}") from None
 
 
 def create_ledger_engine(url: str | None = None, *, pool_size: int = 10,

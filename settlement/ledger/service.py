@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -501,17 +501,23 @@ class Ledger:
                 raise RequestError("at", str(exc)) from None
         return payload
 
-    def _settle(self, conn: Connection, now: int, store: str, terminal: str | None,
-                req: dict[str, Any]) -> dict[str, Any]:
-        """The portable path (SQLAlchemy Core): read, plan, apply."""
-        at = self._settle_at(req, now)
+    def _snapshot_of(self, conn: Connection, req: Mapping[str, Any],
+                     lock: bool) -> MemberSnapshot | None:
+        """The snapshot of the request's member (by ``member_id`` or ``card_no``; None for a
+        walk-in), card checks first (portable path)."""
         member_id = req.get("member_id")
         if req.get("card_no") is not None:
             carded = self._member_of_card(conn, req["card_no"])
             if member_id is not None and member_id != carded:
                 raise Conflict("card_no belongs to another member")
             member_id = carded
-        snap = load_snapshot(conn, member_id, lock=True) if member_id is not None else None
+        return load_snapshot(conn, member_id, lock) if member_id is not None else None
+
+    def _settle(self, conn: Connection, now: int, store: str, terminal: str | None,
+                req: dict[str, Any]) -> dict[str, Any]:
+        """The portable path (SQLAlchemy Core): read, plan, apply."""
+        at = self._settle_at(req, now)
+        snap = self._snapshot_of(conn, req, lock=True)
 
         def ensure(kind: str, ref: str) -> Account:
             assert snap is not None
@@ -553,10 +559,7 @@ class Ledger:
             if not pg.broken:
                 pg.rollback()
                 raise
-            # A dead connection: drop it, and the pool's other connections of its age.
-            fairy.invalidate(exc)
-            self.engine.dispose(close=False)
-            raise _Disconnected() from exc
+            self._drop_dead(fairy, exc)
         except BaseException:
             if not pg.closed:
                 pg.rollback()
@@ -583,6 +586,13 @@ class Ledger:
         if row is None:
             raise NotFound(f"member {member_id!r} not found")
         return snapshot_from_pg(row)
+
+    def _drop_dead(self, fairy: Any, exc: BaseException) -> NoReturn:
+        """A dead connection on the psycopg path: drop it and the pool's other connections of
+        its age, then :meth:`_once_more_if_disconnected` runs the operation again."""
+        fairy.invalidate(exc)
+        self.engine.dispose(close=False)
+        raise _Disconnected() from exc
 
     def _settle_at(self, req: Mapping[str, Any], now: int) -> int:
         """The settlement's instant: the request's ``at`` (within the clock skew) or now."""
@@ -718,14 +728,7 @@ class Ledger:
 
         def run() -> dict[str, Any]:
             with self.engine.connect() as conn:
-                member_id = payload.get("member_id")
-                if payload.get("card_no") is not None:
-                    carded = self._member_of_card(conn, payload["card_no"])
-                    if member_id is not None and member_id != carded:
-                        raise Conflict("card_no belongs to another member")
-                    member_id = carded
-                assert member_id is not None
-                snap = load_snapshot(conn, member_id, lock=False)
+                snap = self._snapshot_of(conn, payload, lock=False)
             return settlement.quote(self.rulebook, self._quote_request(snap, store, payload, at))
 
         return self._once_more_if_disconnected(run)
@@ -740,9 +743,7 @@ class Ledger:
         except psycopg.OperationalError as exc:
             if not pg.broken:
                 raise
-            fairy.invalidate(exc)
-            self.engine.dispose(close=False)
-            raise _Disconnected() from exc
+            self._drop_dead(fairy, exc)
         finally:
             fairy.close()
         snap = self._pg_snapshot(req, card, row)
