@@ -45,12 +45,12 @@ class Api:
 
 
 @contextmanager
-def api_server(url: str, examples_dir: Path, tmp_path: Path,
-               impl: str = "sync") -> Iterator[Api]:
+def api_server(url: str, examples_dir: Path, tmp_path: Path, impl: str = "sync",
+               lock_timeout_s: float = 5.0) -> Iterator[Api]:
     """Migrated database, spec rulebook (copied: tests rewrite it), terminals, server."""
     rulebook_path = tmp_path / "rulebook.toml"
     shutil.copy(examples_dir / "rulebook.toml", rulebook_path)
-    engine = create_ledger_engine(url)
+    engine = create_ledger_engine(url, lock_timeout_s=lock_timeout_s)
     upgrade(engine)
     tokens = {
         "pos": add_terminal(engine, "T-POS", "S001", "pos"),

@@ -273,3 +273,37 @@ def _waiting_on_a_lock(api: Api) -> bool:
         return bool(conn.exec_driver_sql(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
             "AND datname = current_database()").scalar())
+
+
+def test_a_busy_member_is_unavailable_not_a_hang(postgres_cluster, examples_dir: Path,
+                                                  tmp_path: Path) -> None:
+    """A member held by a stuck transaction: Settle ends UNAVAILABLE (LOCK_TIMEOUT) after
+    the lock timeout instead of hanging the till; the same key succeeds afterwards."""
+    from uuid import uuid4
+
+    from google.rpc import error_details_pb2
+
+    from settlement_pos import error_details
+
+    name = f"b_{uuid4().hex[:12]}"
+    postgres_cluster.create_database(name)
+    with api_server(postgres_cluster.url(dbname=name), examples_dir, tmp_path,
+                    lock_timeout_s=0.3) as api:
+        api.ledger.enroll("S001", "e", member_id="M0001")
+        basket = {"member_id": "M0001", "lines": [
+            {"sku": "A", "category": "grain", "unit_price_cents": 1000, "quantity": 1}]}
+        with api.client(attempts=1) as pos:
+            with api.ledger.engine.connect() as stuck:
+                stuck.execute(select(schema.members).where(schema.members.c.id == "M0001")
+                              .with_for_update())
+                began = time.monotonic()
+                with pytest.raises(grpc.RpcError) as busy:
+                    pos.settle(basket, key="busy-1")
+                assert time.monotonic() - began < 3
+                assert busy.value.code() == grpc.StatusCode.UNAVAILABLE
+                reasons = [d.reason for d in error_details(busy.value)
+                           if isinstance(d, error_details_pb2.ErrorInfo)]
+                assert reasons == ["LOCK_TIMEOUT"]
+                stuck.rollback()
+            assert pos.settle(basket, key="busy-1").receipt.payable_cents == 1000
+        assert settlements(api) == 1

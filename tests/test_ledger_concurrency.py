@@ -175,3 +175,35 @@ def test_dead_pooled_connections_are_replaced_without_an_error(
                                         "pay_stored_value_cents": 1000}) == first
     with ledger.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.settlements)).scalar() == 2
+
+
+def test_a_member_locked_elsewhere_fails_fast_instead_of_hanging(
+        postgres_cluster, examples_dir: Path) -> None:
+    """A settle waiting for a member that a stuck transaction holds gives up after the
+    engine's lock timeout, applies nothing, and succeeds on retry once the lock is gone."""
+    import time
+    from uuid import uuid4
+
+    import psycopg
+
+    name = f"c_{uuid4().hex[:12]}"
+    postgres_cluster.create_database(name)
+    engine = create_ledger_engine(postgres_cluster.url(dbname=name), lock_timeout_s=0.3)
+    upgrade(engine)
+    ledger = Ledger(engine, settlement.load_rulebook(examples_dir / "rulebook.toml"),
+                    max_clock_skew_us=None)
+    ledger.enroll("S001", "e", member_id="A")
+    request = {"member_id": "A", "at": AT, "lines": basket(1000)}
+    with engine.connect() as stuck:
+        stuck.execute(select(schema.members).where(schema.members.c.id == "A")
+                      .with_for_update())
+        began = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            ledger.settle("S001", "k", request)
+        assert time.monotonic() - began < 3
+        stuck.rollback()
+    assert ledger.settle("S001", "k", request)["payable_cents"] == 1000
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.settlements)).scalar() == 1
+        assert verify(conn) is None
+    engine.dispose()

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
+import psycopg.errors
 import sqlalchemy.exc
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -112,6 +113,11 @@ def _refusal_for(exc: BaseException, field_prefix: str) -> Refusal:
         return refusal(code_pb2.NOT_FOUND, str(exc), [info("NOT_FOUND")])
     if isinstance(exc, IdempotencyConflict):
         return refusal(code_pb2.ALREADY_EXISTS, str(exc), [info("IDEMPOTENCY_KEY_REUSED")])
+    if isinstance(exc, psycopg.errors.LockNotAvailable) or (
+            isinstance(exc, sqlalchemy.exc.DBAPIError)
+            and isinstance(exc.orig, psycopg.errors.LockNotAvailable)):
+        return refusal(code_pb2.UNAVAILABLE, "the member is busy with another checkout; retry "
+                       "with the same idempotency key", [info("LOCK_TIMEOUT")])
     if is_unavailable(exc):
         log.warning("database unavailable: %s", exc)
         return refusal(code_pb2.UNAVAILABLE, "the ledger database is unavailable; retry with "

@@ -49,13 +49,22 @@ def read_config(path: str) -> dict[str, Any]:
         raise ValueError(f"config {path}: {exc}") from None
 
 
+#: How long an operation waits for a lock (a member another checkout holds, SQLite's write
+#: lock) before it is refused as retryable: a checkout must never hang.
+LOCK_TIMEOUT_S = 5.0
+
+
 def create_ledger_engine(url: str | None = None, *, pool_size: int = 10,
-                         config: str | None = None) -> Engine:
-    """An engine for the ledger database at ``url`` (see :func:`database_url`)."""
+                         config: str | None = None,
+                         lock_timeout_s: float = LOCK_TIMEOUT_S) -> Engine:
+    """An engine for the ledger database at ``url`` (see :func:`database_url`). A lock
+    wait longer than ``lock_timeout_s`` fails the operation (nothing is applied; the
+    caller may retry with the same idempotency key)."""
     url = database_url(url, config)
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": lock_timeout_s})
+        busy_ms = int(lock_timeout_s * 1000)
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -65,7 +74,7 @@ def create_ledger_engine(url: str | None = None, *, pool_size: int = 10,
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA busy_timeout = 30000")
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -76,7 +85,12 @@ def create_ledger_engine(url: str | None = None, *, pool_size: int = 10,
     if backend == "postgresql":
         # No pre-ping (a round trip per checkout): the ledger retries an operation once on
         # a fresh connection when its connection turns out dead (see Ledger).
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        # lock_timeout: a member locked by a stuck transaction fails the call instead of
+        # hanging the till; idle_in_transaction: a crashed client's locks do not outlive it.
+        options = (f"-c lock_timeout={int(lock_timeout_s * 1000)} "
+                   "-c idle_in_transaction_session_timeout=60000")
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                             connect_args={"options": options})
     raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
 
 
