@@ -107,6 +107,21 @@ def _serve(args: argparse.Namespace) -> int:
                              database_url=args.database_url)
     except ValueError as exc:
         return _fail(f"serve: {exc}")
+    settlement_rulebook(config.rulebook)  # a broken rulebook is exit 2, not a traceback
+    if not args.demo:
+        from .ledger.db import create_ledger_engine
+        from .ledger.migrate import current_revision, head_revision
+
+        engine = create_ledger_engine(config.database_url)
+        try:
+            revision = current_revision(engine)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: a CLI
+            return _fail(f"serve: cannot read the database: {exc}")
+        finally:
+            engine.dispose()
+        if revision != head_revision():
+            return _fail(f"serve: the database is at schema revision {revision or 'none'}, "
+                         f"the server needs {head_revision()}: run `settlement migrate` first")
     if args.demo:
         from pathlib import Path
 

@@ -307,3 +307,21 @@ def test_a_busy_member_is_unavailable_not_a_hang(postgres_cluster, examples_dir:
                 stuck.rollback()
             assert pos.settle(basket, key="busy-1").receipt.payable_cents == 1000
         assert settlements(api) == 1
+
+
+def test_serve_refuses_to_start_on_an_unmigrated_database_or_a_bad_rulebook(
+        tmp_path: Path, examples_dir: Path) -> None:
+    cli = [sys.executable, "-m", "settlement", "serve", "--listen", "127.0.0.1:0"]
+    bare = subprocess.run([*cli, "--database-url", f"sqlite:///{tmp_path}/none.db",
+                           "--rulebook", str(examples_dir / "rulebook.toml")],
+                          capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and "run `settlement migrate` first" in bare.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text('version = "x"\ntimezone = "Nowhere/City"\n')
+    bad = subprocess.run([*cli, "--database-url", f"sqlite:///{tmp_path}/none.db",
+                          "--rulebook", str(broken)], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "rulebook" in bad.stderr and "Traceback" not in bad.stderr
+    worker = subprocess.run([*cli, "--workers", "2", "--rulebook", str(broken)],
+                            capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 2 and "fixed port" in worker.stderr
