@@ -38,6 +38,13 @@ CASES: list[tuple[str, str, Any]] = [
     ("uses", "consume_count_card",
      lambda lg: lg.consume_count_card("S", "k", "A", "K", "X", -1)),
     ("request", "settle", lambda lg: lg.settle("S", "k", ["not", "a", "dict"])),
+    # NUL: PostgreSQL text cannot store it (found by tests/test_grpc_hostile.py)
+    ("idempotency_key", "settle", lambda lg: lg.settle("S", "\x00", {"lines": [LINE]})),
+    ("phone", "enroll", lambda lg: lg.enroll("S", "k", phone="138\x00")),
+    ("lines[0].sku", "settle",
+     lambda lg: lg.settle("S", "k", {"lines": [{**LINE, "sku": "X\x00"}]})),
+    ("coupon_ids[0]", "settle",
+     lambda lg: lg.settle("S", "k", {"lines": [LINE], "coupon_ids": ["C\x00"]})),
     ("member_id", "settle", lambda lg: lg.settle("S", "k", {"member_id": 1, "lines": [LINE]})),
     ("card_no", "settle", lambda lg: lg.settle("S", "k", {"card_no": "", "lines": [LINE]})),
     ("at", "settle", lambda lg: lg.settle("S", "k", {"at": "yesterday", "lines": [LINE]})),

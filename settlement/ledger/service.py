@@ -93,6 +93,8 @@ def _text(field: str, value: Any, required: bool = True) -> Any:
         raise RequestError(field, "required field is missing")
     if not isinstance(value, str) or not 1 <= len(value) <= 128:
         raise RequestError(field, "must be a string of 1..128 characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; no code or id needs one
+        raise RequestError(field, "must not contain NUL characters")
     return value
 
 
@@ -492,6 +494,16 @@ class Ledger:
                                    "the ledger, the store from the caller)")
         _text("member_id", payload.get("member_id"), required=False)
         _text("card_no", payload.get("card_no"), required=False)
+        # Everything else is the engine's to check, except what the database cannot store.
+        for i, line in enumerate(payload.get("lines") or ()):
+            if isinstance(line, Mapping):
+                for name, value in line.items():
+                    if isinstance(value, str) and "\x00" in value:
+                        raise RequestError(f"lines[{i}].{name}",
+                                           "must not contain NUL characters")
+        for i, value in enumerate(payload.get("coupon_ids") or ()):
+            if isinstance(value, str) and "\x00" in value:
+                raise RequestError(f"coupon_ids[{i}]", "must not contain NUL characters")
         _int("expected_payable_cents", payload.get("expected_payable_cents"), 0, 10**15,
              required=False)
         if payload.get("at") is not None:
