@@ -62,7 +62,8 @@ class Core:
 class Rpc:
     """How to run one servicer method: who may call it, the proto path of its domain
     request (error field names), and whether it may run on the event loop of the aio
-    server (no database: ``inline(request)`` is true)."""
+    server (``inline(request)`` true: the method itself reads no database; the token check
+    may, once per ``auth_cache_seconds`` per token)."""
 
     roles: frozenset[str]
     prefix: str = ""
