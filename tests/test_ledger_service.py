@@ -24,6 +24,7 @@ from settlement.ledger.verify import verify
 from settlement.timeutil import parse_instant
 
 NOW = parse_instant("2026-11-22T09:00:00+08:00")
+DAY = 86_400 * 1_000_000
 EXTRA_RULES = """
 [[recharge_rules]]
 min_cents = 10000
@@ -236,3 +237,37 @@ def test_backdated_or_future_checkouts_are_refused(ledger_url: str,
         request = {"lines": basket} if at is None else {"at": at, "lines": basket}
         assert ledger.settle("S001", f"ok-{at}", request)["payable_cents"] == 100
     engine.dispose()
+
+
+def test_many_lots_spend_in_expiry_order_beyond_the_first_page(ledger: Ledger) -> None:
+    """A member with more unspent lots than a snapshot carries (LOT_PAGE): the usable total
+    counts them all, expired ones do not count, and a redemption bigger than the first
+    page spends across pages, earliest expiry first, no-expiry lots last."""
+    from settlement.ledger.snapshot import LOT_PAGE
+
+    ledger.enroll("S001", "e", member_id="M9")
+    n = LOT_PAGE * 2 + 5
+    with ledger.engine.begin() as conn:
+        tx = Transaction("seed", "M9", "S001", NOW)
+        tx.move(system(conn, "points_issued"), account(conn, "M9", "points"), 10 * n + 500)
+        lots = [("M9", 10, NOW + DAY * (n - i)) for i in range(n)]  # later rows expire first
+        lots += [("M9", 400, None), ("M9", 100, NOW - DAY)]  # no expiry; already expired
+        Ledger._write_lots(conn, tx.write(conn), lots, NOW)
+    state = ledger.get_member(member_id="M9")
+    assert state["points_balance"] == 10 * n + 400  # the expired lot does not count
+    wanted = 20 * (LOT_PAGE // 2 + 2)  # more than the first page holds; whole 20-point units
+    basket = {"member_id": "M9", "at": "2026-11-22T09:00:00+08:00", "redeem_points": wanted,
+              "lines": [{"sku": "X", "category": "grain", "unit_price_cents": 1_000_000,
+                         "quantity": 1}]}
+    receipt = ledger.settle("S001", "s", basket)
+    assert receipt["points_redeemed"] == wanted
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(schema.points_lots.c.expires_us,
+                                   schema.points_lots.c.remaining)
+                            .where(schema.points_lots.c.member_id == "M9",
+                                   schema.points_lots.c.points == 10)).all()
+    spent = sorted(r.expires_us for r in rows if r.remaining == 0)
+    left = sorted(r.expires_us for r in rows if r.remaining == 10)
+    assert len(spent) == wanted // 10 and max(spent) < min(left)  # earliest expiry first
+    after = ledger.get_member(member_id="M9")
+    assert after["points_balance"] == 10 * n + 400 - wanted + receipt["points_earned"]

@@ -34,7 +34,7 @@ from . import schema
 from .errors import Conflict
 from .idempotency import canonical, replay
 from .journal import MEMBER_KINDS, Account
-from .snapshot import PG_LOCK_SQL, PG_SNAPSHOT_SQL
+from .snapshot import PG_LOCK_SQL, PG_SNAPSHOT_SQL, Lot
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,6 +46,9 @@ CLAIM_SQL = ("INSERT INTO idempotency_keys (store, key, operation, request_hash,
 STORED_SQL = ("SELECT operation, request_hash, response FROM idempotency_keys "
               "WHERE store = %s AND key = %s")
 RECEIPT_SQL = "SELECT receipt FROM settlements WHERE id = %s"
+LOTS_SQL = ("SELECT id, remaining, expires_us FROM points_lots WHERE member_id = %s "
+            "AND remaining > 0 AND (expires_us IS NULL OR expires_us > %s) "
+            "ORDER BY expires_us NULLS LAST, id")
 CARD_SQL = "SELECT member_id, status FROM cards WHERE card_no = %s"
 ACCOUNT_SQL = ("INSERT INTO accounts (owner, kind, ref, asset, balance) "
                "VALUES (%s, %s, %s, %s, 0) ON CONFLICT DO NOTHING")
@@ -116,7 +119,7 @@ SELECT (SELECT count(*) FROM balanced), (SELECT count(*) FROM spent),
 
 
 def begin(pg: psycopg.Connection[Any], store: str, key: str, operation: str, digest: str,
-          now: int, member_id: str | None, card_no: str | None,
+          now: int, member_id: str | None, card_no: str | None, at: int,
           ) -> tuple[dict[str, Any] | None, tuple[Any, ...] | None, tuple[Any, ...] | None]:
     """Round trip 1: claim ``key``, look up the card, read and lock the member.
 
@@ -129,9 +132,8 @@ def begin(pg: psycopg.Connection[Any], store: str, key: str, operation: str, dig
         card = pg.execute(CARD_SQL, (card_no,)) if card_no is not None else None
         snap = None
         if member_id is not None or card_no is not None:
-            who = {"member": member_id, "card": card_no}
-            pg.execute(PG_LOCK_SQL, who)
-            snap = pg.execute(PG_SNAPSHOT_SQL, who)
+            pg.execute(PG_LOCK_SQL, {"member": member_id, "card": card_no})
+            snap = pg.execute(PG_SNAPSHOT_SQL, {"member": member_id, "card": card_no, "at": at})
         claimed = claim.fetchone()
         card_row = card.fetchone() if card is not None else None
         snap_row = snap.fetchone() if snap is not None else None
@@ -143,19 +145,26 @@ def begin(pg: psycopg.Connection[Any], store: str, key: str, operation: str, dig
 
 
 def read_member(pg: psycopg.Connection[Any], member_id: str | None, card_no: str | None,
-                ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+                at: int) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
     """For a quote: the card row and the member's snapshot row in one round trip, without a
     lock or a transaction (the snapshot is one statement, so it is consistent)."""
     pg.autocommit = True
     try:
         with pg.pipeline():
             card = pg.execute(CARD_SQL, (card_no,)) if card_no is not None else None
-            snap = pg.execute(PG_SNAPSHOT_SQL, {"member": member_id, "card": card_no})
+            snap = pg.execute(PG_SNAPSHOT_SQL, {"member": member_id, "card": card_no, "at": at})
             card_row = card.fetchone() if card is not None else None
             snap_row = snap.fetchone()
     finally:
         pg.autocommit = False
     return card_row, snap_row
+
+
+def all_lots(pg: psycopg.Connection[Any], member_id: str, at: int) -> list[Lot]:
+    """Every unexpired unspent lot of a member in spend order (a redemption bigger than the
+    snapshot's first lots cover)."""
+    return [Lot(lid, member_id, remaining, expires)
+            for lid, remaining, expires in pg.execute(LOTS_SQL, (member_id, at)).fetchall()]
 
 
 def receipt(pg: psycopg.Connection[Any], settlement_id: str) -> str:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 #: The owner of system accounts (the other side of every member movement).
@@ -119,7 +120,10 @@ points_lots = Table(
     Column("expires_us", BigInteger),
     Column("tx_id", Id, ForeignKey("journal_transactions.id"), nullable=False),
     Column("created_us", BigInteger, nullable=False),
-    Index(None, "member_id", "expires_us"),
+    # A member's unspent lots in spend order (earliest expiry first): settle reads only the
+    # first few, however many lots a long-standing member has (migration 0004).
+    Index("ix_points_lots_unspent", "member_id", "expires_us", "id",
+          postgresql_where=text("remaining > 0"), sqlite_where=text("remaining > 0")),
     Index(None, "expires_us"),  # the expiry job
     Index(None, "tx_id"),  # recharge reversal finds the bonus lot
     CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),

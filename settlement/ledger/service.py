@@ -36,7 +36,7 @@ from . import pg_settle, schema
 from .errors import Conflict, InsufficientBalance, LedgerError, NotFound
 from .idempotency import claim, record, request_hash
 from .journal import SYSTEM_KINDS, Account, Transaction, account, balance, system
-from .snapshot import MemberRow, MemberSnapshot, load_snapshot, snapshot_from_pg
+from .snapshot import Lot, MemberRow, MemberSnapshot, load_lots, load_snapshot, snapshot_from_pg
 
 DAY_US = 86_400 * 1_000_000
 #: How far a settlement's ``at`` may be from the ledger's clock by default.
@@ -309,12 +309,13 @@ class Ledger:
                 member_id = row.id if row else None
             if member_id is None:
                 raise NotFound("member not found")
-            snap = load_snapshot(conn, member_id, lock=False)
-        m, at = snap.member, self.clock() if at_us is None else at_us
+            at = self.clock() if at_us is None else at_us
+            snap = load_snapshot(conn, member_id, lock=False, at=at)
+        m = snap.member
         return {
             "member_id": m.id, "phone": m.phone, "tier": m.tier, "card_type": m.card_type,
             "cumulative_spend_cents": m.cumulative_spend_cents,
-            "points_balance": snap.usable_points(at),
+            "points_balance": snap.usable,
             "points_total": snap.balance("points"),
             "points_debt": m.points_debt,
             "sv_principal_cents": snap.balance("sv_principal"),
@@ -513,8 +514,8 @@ class Ledger:
                 raise RequestError("at", str(exc)) from None
         return payload
 
-    def _snapshot_of(self, conn: Connection, req: Mapping[str, Any],
-                     lock: bool) -> MemberSnapshot | None:
+    def _snapshot_of(self, conn: Connection, req: Mapping[str, Any], lock: bool,
+                     at: int) -> MemberSnapshot | None:
         """The snapshot of the request's member (by ``member_id`` or ``card_no``; None for a
         walk-in), card checks first (portable path)."""
         member_id = req.get("member_id")
@@ -523,19 +524,23 @@ class Ledger:
             if member_id is not None and member_id != carded:
                 raise Conflict("card_no belongs to another member")
             member_id = carded
-        return load_snapshot(conn, member_id, lock) if member_id is not None else None
+        return load_snapshot(conn, member_id, lock, at) if member_id is not None else None
 
     def _settle(self, conn: Connection, now: int, store: str, terminal: str | None,
                 req: dict[str, Any]) -> dict[str, Any]:
         """The portable path (SQLAlchemy Core): read, plan, apply."""
         at = self._settle_at(req, now)
-        snap = self._snapshot_of(conn, req, lock=True)
+        snap = self._snapshot_of(conn, req, lock=True, at=at)
 
         def ensure(kind: str, ref: str) -> Account:
             assert snap is not None
             return account(conn, snap.member.id, kind, ref)
 
-        plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure)
+        def more_lots() -> list[Lot]:
+            assert snap is not None
+            return load_lots(conn, snap.member.id, at)
+
+        plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure, more_lots)
         self._apply_settlement(conn, plan, now)
         return plan.response
 
@@ -548,8 +553,11 @@ class Ledger:
         assert pg is not None
         try:
             now = self.clock()
+            # (the instant is checked against the clock after the claim: a replay of an
+            # executed key answers whatever the clock says now)
+            at = parse_instant(req["at"]) if req.get("at") is not None else now
             stored, card, row = pg_settle.begin(pg, store, key, "settle", digest, now,
-                                                req.get("member_id"), req.get("card_no"))
+                                                req.get("member_id"), req.get("card_no"), at)
             if stored is not None:
                 if set(stored) == {"settlement_id"}:
                     stored = {**json.loads(pg_settle.receipt(pg, stored["settlement_id"])),
@@ -563,7 +571,12 @@ class Ledger:
                 assert snap is not None
                 return pg_settle.ensure_account(pg, snap.member.id, kind, ref)
 
-            plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure)
+            def more_lots() -> list[Lot]:
+                assert snap is not None
+                return pg_settle.all_lots(pg, snap.member.id, at)
+
+            plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure,
+                                         more_lots)
             pg_settle.write(pg, plan, store, key, now)
             pg.commit()
             return plan.response
@@ -617,10 +630,12 @@ class Ledger:
 
     def _plan_settlement(self, snap: MemberSnapshot | None, store: str, terminal: str | None,
                          req: dict[str, Any], at: int, now: int,
-                         ensure: Callable[[str, str], Account]) -> SettlePlan:
+                         ensure: Callable[[str, str], Account],
+                         more_lots: Callable[[], list[Lot]]) -> SettlePlan:
         """Price ``req`` against ``snap`` (read under the member's lock) and work out every
         write of the settlement; nothing is written here. ``ensure`` creates a member
-        account the snapshot lacks."""
+        account the snapshot lacks; ``more_lots`` reads every usable lot when the
+        snapshot's first ones do not cover the redemption."""
         rb = self.rulebook
         m = snap.member if snap is not None else None
         receipt = settlement.quote(rb, self._quote_request(snap, store, req, at))
@@ -650,7 +665,10 @@ class Ledger:
             plan.coupon_ids = [c["id"] for c in receipt["applied_coupons"]]
             redeemed = receipt["points_redeemed"]
             if redeemed:
-                plan.lot_takes = self._lot_takes(snap.lots, redeemed, at)
+                lots = snap.lots
+                if not snap.all_lots and sum(lot.remaining for lot in lots) < redeemed:
+                    lots = more_lots()
+                plan.lot_takes = self._lot_takes(lots, redeemed, at)
                 tx.move(acc("points"), self._sys("points_redeemed"), redeemed)
                 line_points_redeemed = apportion(
                     redeemed, [ln["points_offset_cents"] for ln in receipt["lines"]])
@@ -713,7 +731,7 @@ class Ledger:
             m = snap.member
             quote_req["member"] = {
                 "id": m.id, "tier": self._effective_tier(m, at),
-                "points_balance": snap.usable_points(at),
+                "points_balance": snap.usable,
                 "stored_value_cents": snap.balance("sv_principal") + snap.balance("sv_bonus"),
                 "coupons": [{"id": cid, "template": template,
                              "valid_from": _iso_or_none(vf), "valid_until": _iso_or_none(vu)}
@@ -740,7 +758,7 @@ class Ledger:
 
         def run() -> dict[str, Any]:
             with self.engine.connect() as conn:
-                snap = self._snapshot_of(conn, payload, lock=False)
+                snap = self._snapshot_of(conn, payload, lock=False, at=at)
             return settlement.quote(self.rulebook, self._quote_request(snap, store, payload, at))
 
         return self._once_more_if_disconnected(run)
@@ -751,7 +769,7 @@ class Ledger:
         pg = fairy.driver_connection
         assert pg is not None
         try:
-            card, row = pg_settle.read_member(pg, req.get("member_id"), req.get("card_no"))
+            card, row = pg_settle.read_member(pg, req.get("member_id"), req.get("card_no"), at)
         except psycopg.OperationalError as exc:
             if not pg.broken:
                 raise

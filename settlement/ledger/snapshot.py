@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, or_, select
 
 from . import schema
 from .errors import NotFound
@@ -44,14 +44,26 @@ class Lot:
     expires_us: int | None
 
 
+#: How many unspent lots a snapshot carries (in spend order). A member who earns on every
+#: visit piles up lots; reading them all made settle slower with every visit. More are
+#: read only when a redemption needs them (:func:`load_lots`).
+LOT_PAGE = 64
+
+
 @dataclass(frozen=True, slots=True)
 class MemberSnapshot:
-    """Everything of one member that pricing and settling read."""
+    """Everything of one member that pricing and settling read, as of ``at``."""
 
     member: MemberRow
     #: (kind, ref) -> (account, balance)
     accounts: dict[tuple[str, str], tuple[Account, int]]
+    #: the first unexpired unspent lots in spend order (earliest expiry first, no expiry
+    #: last), at most LOT_PAGE; ``all_lots``: there are no more
     lots: list[Lot]
+    all_lots: bool
+    #: points usable at ``at``: the points balance less lots expired but not yet expired
+    #: by the job
+    usable: int
     #: available coupons, by id: (id, template, valid_from_us, valid_until_us)
     coupons: list[tuple[str, str, int | None, int | None]]
     #: count cards, by id: (id, skus, valid_until_us)
@@ -62,17 +74,28 @@ class MemberSnapshot:
         hit = self.accounts.get((kind, ref))
         return hit[1] if hit else 0
 
-    def usable_points(self, at: int) -> int:
-        """Points in lots not yet expired at ``at``."""
-        return sum(lot.remaining for lot in self.lots
-                   if lot.expires_us is None or lot.expires_us > at)
-
 
 _MEMBER_COLUMNS = [schema.members.c[f.name] for f in fields(MemberRow)]
 
 
-def load_snapshot(conn: Connection, member_id: str, lock: bool) -> MemberSnapshot:
-    """Read a member's snapshot (``lock``: take the row lock first, on PostgreSQL)."""
+def _lots_query(member_id: str, at: int, limit: int | None) -> Any:
+    lc = schema.points_lots.c
+    query = (select(lc.id, lc.remaining, lc.expires_us)
+             .where(lc.member_id == member_id, lc.remaining > 0,
+                    or_(lc.expires_us.is_(None), lc.expires_us > at))
+             .order_by(lc.expires_us.asc().nulls_last(), lc.id))
+    return query if limit is None else query.limit(limit)
+
+
+def load_lots(conn: Connection, member_id: str, at: int) -> list[Lot]:
+    """Every unexpired unspent lot of a member, in spend order."""
+    return [Lot(r.id, member_id, r.remaining, r.expires_us)
+            for r in conn.execute(_lots_query(member_id, at, None))]
+
+
+def load_snapshot(conn: Connection, member_id: str, lock: bool, at: int) -> MemberSnapshot:
+    """Read a member's snapshot as of ``at`` (``lock``: take the row lock first, on
+    PostgreSQL)."""
     query = select(*_MEMBER_COLUMNS).where(schema.members.c.id == member_id)
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update()
@@ -84,11 +107,13 @@ def load_snapshot(conn: Connection, member_id: str, lock: bool) -> MemberSnapsho
                                   int(r.balance))
                 for r in conn.execute(select(a.id, a.kind, a.ref, a.asset, a.balance)
                                       .where(a.owner == member_id))}
-    lc = schema.points_lots.c
     lots = [Lot(r.id, member_id, r.remaining, r.expires_us)
-            for r in conn.execute(select(lc.id, lc.remaining, lc.expires_us)
-                                  .where(lc.member_id == member_id, lc.remaining > 0)
-                                  .order_by(lc.id))]
+            for r in conn.execute(_lots_query(member_id, at, LOT_PAGE))]
+    lc = schema.points_lots.c
+    expired = conn.execute(select(func.coalesce(func.sum(lc.remaining), 0)).where(
+        lc.member_id == member_id, lc.remaining > 0, lc.expires_us <= at)).scalar_one()
+    points = accounts.get(("points", ""))
+    usable = (points[1] if points else 0) - int(expired)
     cc = schema.coupons.c
     coupons = [tuple(r) for r in conn.execute(
         select(cc.id, cc.template, cc.valid_from_us, cc.valid_until_us)
@@ -97,7 +122,8 @@ def load_snapshot(conn: Connection, member_id: str, lock: bool) -> MemberSnapsho
     cards = [(r.id, json.loads(r.skus), r.valid_until_us) for r in conn.execute(
         select(kc.id, kc.skus, kc.valid_until_us).where(kc.member_id == member_id)
         .order_by(kc.id))]
-    return MemberSnapshot(MemberRow(*row), accounts, lots, coupons, cards)  # type: ignore[arg-type]
+    return MemberSnapshot(MemberRow(*row), accounts, lots, len(lots) < LOT_PAGE,  # type: ignore[arg-type]
+                          usable, coupons, cards)  # type: ignore[arg-type]
 
 
 #: The member's row lock on PostgreSQL, by id or by card. A statement of its own: a
@@ -109,15 +135,21 @@ WHERE m.id = coalesce(%(member)s, (SELECT member_id FROM cards WHERE card_no = %
 FOR UPDATE
 """
 
-#: The PostgreSQL read of a whole snapshot in one statement, after :data:`PG_LOCK_SQL`;
-#: :func:`snapshot_from_pg` turns its row into a :class:`MemberSnapshot`.
+#: The PostgreSQL read of a whole snapshot in one statement, after :data:`PG_LOCK_SQL`
+#: (parameters: member, card, at); :func:`snapshot_from_pg` turns its row into a
+#: :class:`MemberSnapshot`.
 PG_SNAPSHOT_SQL = f"""
 SELECT {', '.join('m.' + c.name for c in _MEMBER_COLUMNS)},
   (SELECT coalesce(json_agg(json_build_array(a.id, a.kind, a.ref, a.asset, a.balance)), '[]')
      FROM accounts a WHERE a.owner = m.id),
-  (SELECT coalesce(json_agg(json_build_array(l.id, l.remaining, l.expires_us) ORDER BY l.id),
-                   '[]')
-     FROM points_lots l WHERE l.member_id = m.id AND l.remaining > 0),
+  (SELECT coalesce(json_agg(json_build_array(x.id, x.remaining, x.expires_us)
+                            ORDER BY x.expires_us NULLS LAST, x.id), '[]')
+     FROM (SELECT l.id, l.remaining, l.expires_us FROM points_lots l
+           WHERE l.member_id = m.id AND l.remaining > 0
+             AND (l.expires_us IS NULL OR l.expires_us > %(at)s)
+           ORDER BY l.expires_us NULLS LAST, l.id LIMIT {LOT_PAGE}) x),
+  (SELECT coalesce(sum(l.remaining), 0) FROM points_lots l
+     WHERE l.member_id = m.id AND l.remaining > 0 AND l.expires_us <= %(at)s),
   (SELECT coalesce(json_agg(json_build_array(c.id, c.template, c.valid_from_us,
                                              c.valid_until_us) ORDER BY c.id), '[]')
      FROM coupons c WHERE c.member_id = m.id AND c.state = 'available'),
@@ -133,11 +165,13 @@ def snapshot_from_pg(row: tuple[Any, ...]) -> MemberSnapshot:
     """A :class:`MemberSnapshot` from a :data:`PG_SNAPSHOT_SQL` row."""
     n = len(_MEMBER_COLUMNS)
     member = MemberRow(*row[:n])
-    accs, lots, coupons, cards = row[n:]
+    accs, lots, expired, coupons, cards = row[n:]
+    accounts = {(kind, ref): (Account(aid, member.id, kind, ref, asset), int(bal))
+                for aid, kind, ref, asset, bal in accs}
+    points = accounts.get(("points", ""))
     return MemberSnapshot(
-        member,
-        {(kind, ref): (Account(aid, member.id, kind, ref, asset), int(bal))
-         for aid, kind, ref, asset, bal in accs},
+        member, accounts,
         [Lot(lid, member.id, remaining, expires) for lid, remaining, expires in lots],
+        len(lots) < LOT_PAGE, (points[1] if points else 0) - int(expired),
         [(cid, template, vf, vu) for cid, template, vf, vu in coupons],
         [(kid, json.loads(skus), vu) for kid, skus, vu in cards])
