@@ -47,7 +47,7 @@ class Lot:
 #: How many unspent lots a snapshot carries (in spend order). A member who earns on every
 #: visit piles up lots; reading them all made settle slower with every visit. More are
 #: read only when a redemption needs them (:func:`load_lots`).
-LOT_PAGE = 64
+LOT_PAGE = 8
 
 
 @dataclass(frozen=True, slots=True)
