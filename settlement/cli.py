@@ -107,41 +107,30 @@ def _serve(args: argparse.Namespace) -> int:
                              database_url=args.database_url)
     except ValueError as exc:
         return _fail(f"serve: {exc}")
-    settlement_rulebook(config.rulebook)  # a broken rulebook is exit 2, not a traceback
-    if not args.demo:
-        from .ledger.db import create_ledger_engine
-        from .ledger.migrate import current_revision, head_revision
+    rulebook = settlement_rulebook(config.rulebook)  # broken: exit 2, not a traceback
+    from pathlib import Path
 
-        engine = create_ledger_engine(config.database_url)
-        try:
+    from .ledger.db import create_ledger_engine
+    from .ledger.migrate import current_revision, head_revision
+
+    engine = create_ledger_engine(config.database_url)
+    try:
+        if args.demo:
+            from settlement_server.demo import seed
+
+            seed(engine, rulebook, Path(args.demo_token_file))
+            print(f"settlement serve: demo data ready; a POS terminal token (store S001) is "
+                  f"in {args.demo_token_file}", flush=True)
+        else:
             revision = current_revision(engine)
-        except Exception as exc:  # noqa: BLE001 - reported, not raised: a CLI
-            return _fail(f"serve: cannot read the database: {exc}")
-        finally:
-            engine.dispose()
-        if revision != head_revision():
-            return _fail(f"serve: the database is at schema revision {revision or 'none'}, "
-                         f"the server needs {head_revision()}: run `settlement migrate` first")
-    if args.demo:
-        from pathlib import Path
-
-        from settlement_server.demo import seed
-
-        from .ledger.db import create_ledger_engine
-        from .ledger.service import Ledger
-
-        engine = create_ledger_engine(config.database_url)
-        try:
-            from .ledger.migrate import upgrade
-
-            upgrade(engine)
-            ledger = Ledger(engine, settlement_rulebook(config.rulebook))
-            token_file = Path(args.demo_token_file)
-            seed(engine, ledger, token_file)
-        finally:
-            engine.dispose()
-        print(f"settlement serve: demo data ready; a POS terminal token (store S001) is in "
-              f"{token_file}", flush=True)
+            if revision != head_revision():
+                return _fail(f"serve: the database is at schema revision {revision or 'none'}"
+                             f", the server needs {head_revision()}: run `settlement migrate` "
+                             "first")
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: a CLI
+        return _fail(f"serve: cannot prepare the database: {exc}")
+    finally:
+        engine.dispose()
     return serve(config)
 
 

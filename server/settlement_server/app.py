@@ -78,12 +78,23 @@ def start(config: ServerConfig, core: Core | None = None) -> Running:
         core = Core(create_ledger_engine(config.database_url, pool_size=config.threads),
                     config.rulebook, config.auth_cache_seconds)
     if config.impl == "aio":
-        return _start_aio(config, core)
+        return _AioServer(config, core)
     server = grpc.server(ThreadPoolExecutor(config.threads, thread_name_prefix="rpc"),
                          options=_options(config))
-    pb_grpc.add_SettlementServiceServicer_to_server(SettlementServicer(core), server)
-    pb_grpc.add_MemberServiceServicer_to_server(MemberServicer(core), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    port = _wire(server, config, SettlementServicer(core), MemberServicer(core),
+                 health_servicer)
+    server.start()
+    for name in ("", *SERVICES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Running(server, health_servicer, port, core)
+
+
+def _wire(server: Any, config: ServerConfig, settlements: Any, members: Any,
+          health_servicer: Any) -> int:
+    """Add the services, health and reflection to a sync or aio server and bind its port."""
+    pb_grpc.add_SettlementServiceServicer_to_server(settlements, server)
+    pb_grpc.add_MemberServiceServicer_to_server(members, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -93,16 +104,14 @@ def start(config: ServerConfig, core: Core | None = None) -> Running:
             else server.add_insecure_port(config.listen))
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
-    server.start()
-    for name in ("", *SERVICES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, health_servicer, port, core)
+    return int(port)
 
 
-class _AioServer:
+class _AioServer(Running):
     """A ``grpc.aio`` server on its own event loop thread, driven like a sync server."""
 
     def __init__(self, config: ServerConfig, core: Core) -> None:
+        # Sets Running's attributes itself (server, health, port, core) once built.
         import asyncio
 
         self.loop = asyncio.new_event_loop()
@@ -124,21 +133,13 @@ class _AioServer:
 
         config, core = self.config, self.core
         self.server = grpc.aio.server(options=_options(config))
-        pb_grpc.add_SettlementServiceServicer_to_server(aio_servicer(
-            SettlementServicer, pb_grpc.SettlementServiceServicer, core, self.executor),
-            self.server)
-        pb_grpc.add_MemberServiceServicer_to_server(aio_servicer(
-            MemberServicer, pb_grpc.MemberServiceServicer, core, self.executor), self.server)
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), self.server)
-        credentials = _credentials(config)
-        port = (self.server.add_secure_port(config.listen, credentials) if credentials
-                else self.server.add_insecure_port(config.listen))
-        if port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+        port = _wire(self.server, config,
+                     aio_servicer(SettlementServicer, pb_grpc.SettlementServiceServicer, core,
+                                  self.executor),
+                     aio_servicer(MemberServicer, pb_grpc.MemberServiceServicer, core,
+                                  self.executor),
+                     health_servicer)
         await self.server.start()
         for name in ("", *SERVICES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -163,18 +164,6 @@ class _AioServer:
 
         threading.Thread(target=run, daemon=True).start()
         return done
-
-
-class _AioRunning(Running):
-    def __init__(self, aio: _AioServer) -> None:
-        self.aio, self.port, self.core = aio, aio.port, aio.core
-
-    def stop(self, grace: float) -> threading.Event:
-        return self.aio.stop(grace)
-
-
-def _start_aio(config: ServerConfig, core: Core) -> Running:
-    return _AioRunning(_AioServer(config, core))
 
 
 def _serve_here(config: ServerConfig, ready: Any = None) -> None:

@@ -16,6 +16,7 @@ from settlement.ledger import schema
 from settlement.ledger.migrate import upgrade
 from settlement.ledger.service import Ledger
 from settlement.ledger.terminals import add_terminal
+from settlement.rulebook import Rulebook
 from settlement.timeutil import parse_instant
 
 STORE = "S001"
@@ -23,9 +24,10 @@ COUPONS = (("C-1", "SPEND200-20"), ("C-2", "PCT12"), ("C-3", "VOUCHER5"),
            ("C-4", "DAIRY-30PCT"))
 
 
-def seed(engine: Engine, ledger: Ledger, token_file: Path) -> dict[str, str]:
+def seed(engine: Engine, rulebook: Rulebook, token_file: Path) -> dict[str, str]:
     """Migrate, enrol the demo members (once), and issue new demo terminal tokens."""
     upgrade(engine)
+    ledger = Ledger(engine, rulebook)
     start = parse_instant("2026-11-01T00:00:00+08:00")
     until = parse_instant("2027-12-31T00:00:00+08:00")
     ledger.enroll(STORE, "demo-enroll-1", member_id="M0001", phone="13800000001",

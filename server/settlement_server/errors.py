@@ -75,14 +75,17 @@ def bad_request(field: str, message: str) -> Refusal:
                    [error_details_pb2.BadRequest(field_violations=[violation])])
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's exception behind SQLAlchemy's wrapper (or ``exc`` itself)."""
+    return exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig else exc
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """The database could not be reached or the connection broke."""
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError) \
-            or isinstance(exc, sqlalchemy.exc.OperationalError)
-    return False
+    return isinstance(exc, sqlalchemy.exc.OperationalError) or isinstance(
+        _driver_error(exc), psycopg.OperationalError)
 
 
 def status_for(exc: BaseException, field_prefix: str = "") -> status_pb2.Status:
@@ -113,9 +116,7 @@ def _refusal_for(exc: BaseException, field_prefix: str) -> Refusal:
         return refusal(code_pb2.NOT_FOUND, str(exc), [info("NOT_FOUND")])
     if isinstance(exc, IdempotencyConflict):
         return refusal(code_pb2.ALREADY_EXISTS, str(exc), [info("IDEMPOTENCY_KEY_REUSED")])
-    if isinstance(exc, psycopg.errors.LockNotAvailable) or (
-            isinstance(exc, sqlalchemy.exc.DBAPIError)
-            and isinstance(exc.orig, psycopg.errors.LockNotAvailable)):
+    if isinstance(_driver_error(exc), psycopg.errors.LockNotAvailable):
         return refusal(code_pb2.UNAVAILABLE, "the member is busy with another checkout; retry "
                        "with the same idempotency key", [info("LOCK_TIMEOUT")])
     if is_unavailable(exc):

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -178,13 +179,10 @@ class Ledger:
 
     @staticmethod
     def _receipt_of(conn: Connection, stored: dict[str, Any]) -> dict[str, Any]:
-        """A settle response from its key's stored form (the settlement id)."""
-        if set(stored) != {"settlement_id"}:
-            return stored  # a whole response, as stored before the receipt was shared
-        sid = stored["settlement_id"]
-        receipt = conn.execute(select(schema.settlements.c.receipt)
-                               .where(schema.settlements.c.id == sid)).scalar_one()
-        return {**json.loads(receipt), "settlement_id": sid}
+        """A settle response from its key's stored form (portable path)."""
+        return _settle_response(stored, lambda sid: conn.execute(
+            select(schema.settlements.c.receipt)
+            .where(schema.settlements.c.id == sid)).scalar_one())
 
     def _lock_member(self, conn: Connection, member_id: str) -> Any:
         query = select(schema.members).where(schema.members.c.id == member_id)
@@ -195,13 +193,23 @@ class Ledger:
             raise NotFound(f"member {member_id!r} not found")
         return row
 
-    def _member_of_card(self, conn: Connection, card_no: str) -> str:
-        row = conn.execute(select(schema.cards).where(schema.cards.c.card_no == card_no)).first()
-        if row is None:
+    @staticmethod
+    def _request_member(req: Mapping[str, Any], card: Any) -> str | None:
+        """The member a settle or quote request is for: ``member_id``, or the owner of
+        ``card_no`` (``card``: its ``(member_id, status)`` row, None when not found), which
+        must be active and agree with ``member_id``; None for a walk-in."""
+        member_id = req.get("member_id")
+        card_no = req.get("card_no")
+        if card_no is None:
+            return member_id  # type: ignore[no-any-return]
+        if card is None:
             raise NotFound(f"card {card_no!r} not found")
-        if row.status != "active":
-            raise Conflict(f"card {card_no!r} is {row.status}")
-        return str(row.member_id)
+        owner, status = card
+        if status != "active":
+            raise Conflict(f"card {card_no!r} is {status}")
+        if member_id is not None and member_id != owner:
+            raise Conflict("card_no belongs to another member")
+        return str(owner)
 
     def _lowest_tier(self) -> str:
         tiers = sorted(self.rulebook.tiers.values(), key=lambda t: t.rank)
@@ -518,12 +526,11 @@ class Ledger:
                      at: int) -> MemberSnapshot | None:
         """The snapshot of the request's member (by ``member_id`` or ``card_no``; None for a
         walk-in), card checks first (portable path)."""
-        member_id = req.get("member_id")
+        card = None
         if req.get("card_no") is not None:
-            carded = self._member_of_card(conn, req["card_no"])
-            if member_id is not None and member_id != carded:
-                raise Conflict("card_no belongs to another member")
-            member_id = carded
+            card = conn.execute(select(schema.cards.c.member_id, schema.cards.c.status)
+                                .where(schema.cards.c.card_no == req["card_no"])).first()
+        member_id = self._request_member(req, card)
         return load_snapshot(conn, member_id, lock, at) if member_id is not None else None
 
     def _settle(self, conn: Connection, now: int, store: str, terminal: str | None,
@@ -548,23 +555,18 @@ class Ledger:
                    terminal: str | None) -> dict[str, Any]:
         """The PostgreSQL path: the same checks and plan in three round trips
         (:mod:`settlement.ledger.pg_settle`)."""
-        fairy = self.engine.raw_connection()
-        pg = fairy.driver_connection
-        assert pg is not None
-        try:
+        with self._psycopg() as pg:
             now = self.clock()
             # (the instant is checked against the clock after the claim: a replay of an
             # executed key answers whatever the clock says now)
-            at = parse_instant(req["at"]) if req.get("at") is not None else now
+            at = _instant(req, now)
             stored, card, row = pg_settle.begin(pg, store, key, "settle", digest, now,
                                                 req.get("member_id"), req.get("card_no"), at)
             if stored is not None:
-                if set(stored) == {"settlement_id"}:
-                    stored = {**json.loads(pg_settle.receipt(pg, stored["settlement_id"])),
-                              "settlement_id": stored["settlement_id"]}
+                stored = _settle_response(stored, lambda sid: pg_settle.receipt(pg, sid))
                 pg.rollback()
                 return stored
-            at = self._settle_at(req, now)
+            self._check_skew(at, now)
             snap = self._pg_snapshot(req, card, row)
 
             def ensure(kind: str, ref: str) -> Account:
@@ -580,11 +582,37 @@ class Ledger:
             pg_settle.write(pg, plan, store, key, now)
             pg.commit()
             return plan.response
+
+    @staticmethod
+    def _pg_snapshot(req: Mapping[str, Any], card: tuple[Any, ...] | None,
+                     row: tuple[Any, ...] | None) -> MemberSnapshot | None:
+        """The member's snapshot from the PostgreSQL path's card and snapshot rows, with the
+        portable path's checks in its order (card first, then member)."""
+        member_id = Ledger._request_member(req, card)
+        if member_id is None:
+            return None
+        if row is None:
+            raise NotFound(f"member {member_id!r} not found")
+        return snapshot_from_pg(row)
+
+    @contextmanager
+    def _psycopg(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection as psycopg's own, for the PostgreSQL paths. On an error the
+        open transaction is rolled back; a dead connection is dropped with the pool's other
+        connections of its age and :class:`_Disconnected` raised, so that
+        :meth:`_once_more_if_disconnected` runs the operation again."""
+        fairy = self.engine.raw_connection()
+        pg = fairy.driver_connection
+        assert pg is not None
+        try:
+            yield pg
         except psycopg.OperationalError as exc:
             if not pg.broken:
                 pg.rollback()
                 raise
-            self._drop_dead(fairy, exc)
+            fairy.invalidate(exc)
+            self.engine.dispose(close=False)
+            raise _Disconnected() from exc
         except BaseException:
             if not pg.closed:
                 pg.rollback()
@@ -592,41 +620,17 @@ class Ledger:
         finally:
             fairy.close()
 
-    @staticmethod
-    def _pg_snapshot(req: Mapping[str, Any], card: tuple[Any, ...] | None,
-                     row: tuple[Any, ...] | None) -> MemberSnapshot | None:
-        """The member's snapshot from the PostgreSQL path's card and snapshot rows, with the
-        portable path's checks in its order (card first, then member)."""
-        member_id = req.get("member_id")
-        if req.get("card_no") is not None:
-            if card is None:
-                raise NotFound(f"card {req['card_no']!r} not found")
-            if card[1] != "active":
-                raise Conflict(f"card {req['card_no']!r} is {card[1]}")
-            if member_id is not None and member_id != card[0]:
-                raise Conflict("card_no belongs to another member")
-            member_id = card[0]
-        if member_id is None:
-            return None
-        if row is None:
-            raise NotFound(f"member {member_id!r} not found")
-        return snapshot_from_pg(row)
-
-    def _drop_dead(self, fairy: Any, exc: BaseException) -> NoReturn:
-        """A dead connection on the psycopg path: drop it and the pool's other connections of
-        its age, then :meth:`_once_more_if_disconnected` runs the operation again."""
-        fairy.invalidate(exc)
-        self.engine.dispose(close=False)
-        raise _Disconnected() from exc
-
     def _settle_at(self, req: Mapping[str, Any], now: int) -> int:
         """The settlement's instant: the request's ``at`` (within the clock skew) or now."""
-        at = parse_instant(req["at"]) if req.get("at") is not None else now
+        at = _instant(req, now)
+        self._check_skew(at, now)
+        return at
+
+    def _check_skew(self, at: int, now: int) -> None:
         skew = self.max_clock_skew_us
         if skew is not None and abs(at - now) > skew:
             raise RequestError("at", f"is more than {skew // 60_000_000} minutes from the "
                                "ledger's clock (a backdated or future checkout)")
-        return at
 
     def _plan_settlement(self, snap: MemberSnapshot | None, store: str, terminal: str | None,
                          req: dict[str, Any], at: int, now: int,
@@ -765,17 +769,8 @@ class Ledger:
 
     def _quote_pg(self, store: str, req: dict[str, Any], at: int) -> dict[str, Any]:
         """Quote on PostgreSQL: the member read in one round trip, no transaction."""
-        fairy = self.engine.raw_connection()
-        pg = fairy.driver_connection
-        assert pg is not None
-        try:
+        with self._psycopg() as pg:
             card, row = pg_settle.read_member(pg, req.get("member_id"), req.get("card_no"), at)
-        except psycopg.OperationalError as exc:
-            if not pg.broken:
-                raise
-            self._drop_dead(fairy, exc)
-        finally:
-            fairy.close()
         snap = self._pg_snapshot(req, card, row)
         return settlement.quote(self.rulebook, self._quote_request(snap, store, req, at))
 
@@ -1189,6 +1184,20 @@ class Ledger:
             if reachable:
                 values["tier"] = max(reachable, key=lambda t: t.rank).code
         return values
+
+
+def _instant(req: Mapping[str, Any], now: int) -> int:
+    """The request's ``at`` in epoch microseconds, or ``now``."""
+    return parse_instant(req["at"]) if req.get("at") is not None else now
+
+
+def _settle_response(stored: dict[str, Any], receipt: Callable[[str], str]) -> dict[str, Any]:
+    """A settle response from what its key stored: the settlement id, whose receipt JSON
+    ``receipt(id)`` reads (a whole response, as stored before, is returned as is)."""
+    if set(stored) != {"settlement_id"}:
+        return stored
+    sid = stored["settlement_id"]
+    return {**json.loads(receipt(sid)), "settlement_id": sid}
 
 
 def _stored_settle(response: dict[str, Any]) -> dict[str, Any]:

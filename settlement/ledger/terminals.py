@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from . import schema
 from .errors import Conflict, NotFound
@@ -47,13 +48,13 @@ def add_terminal(engine: Engine, terminal_id: str, store: str, role: str,
     if not store or len(store) > 128:
         raise ValueError("store must be 1..128 characters")
     secret = secrets.token_urlsafe(32)
-    with engine.begin() as conn:
-        if conn.execute(select(schema.terminals.c.id)
-                        .where(schema.terminals.c.id == terminal_id)).first() is not None:
-            raise Conflict(f"terminal {terminal_id!r} already exists")
-        conn.execute(insert(schema.terminals).values(
-            id=terminal_id, store=store, role=role, secret_sha256=_digest(secret), name=name,
-            created_us=time.time_ns() // 1000))
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(schema.terminals).values(
+                id=terminal_id, store=store, role=role, secret_sha256=_digest(secret),
+                name=name, created_us=time.time_ns() // 1000))
+    except IntegrityError:
+        raise Conflict(f"terminal {terminal_id!r} already exists") from None
     return f"{terminal_id}.{secret}"
 
 
