@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from ._schema import Bp, Code, StrictModel, bounded, dotted, first_error
 from .errors import RulebookError
 from .timeutil import FOREVER, NEVER_BEFORE, local_instant
+from .watchdog import Watchdog, WatchdogIn, compile_watchdog
 
 ROUNDING_MODES = ("none", "floor_jiao", "floor_yuan")
 COUPON_KINDS = ("threshold", "percent", "voucher")
@@ -123,6 +124,7 @@ class _RulebookIn(StrictModel):
     promotions: list[_PromotionIn] = []
     coupon_templates: list[_CouponTemplateIn] = []
     recharge_rules: list[_RechargeRuleIn] = []
+    watchdog: WatchdogIn = WatchdogIn()
 
 
 # --------------------------------------------------------------------------
@@ -272,6 +274,8 @@ class Rulebook:
     member_prices: Mapping[str, tuple[MemberPrice, ...]]
     promotions: tuple[Promotion, ...]
     coupon_templates: Mapping[str, CouponTemplate]
+    #: The ``[watchdog]`` section (its documented defaults when the section is absent).
+    watchdog: Watchdog
     #: Sorted by ``min_cents``; the best match is the largest not above the amount.
     recharge_rules: tuple[RechargeRule, ...] = ()
     source: str = "<rulebook>"
@@ -510,4 +514,15 @@ def _compile(src: _RulebookIn, raw: Mapping[str, Any], source: str) -> Rulebook:
         stores=stores, points=points, tiers=tiers, categories=categories,
         member_prices={k: tuple(v) for k, v in member_prices.items()},
         promotions=tuple(promotions), coupon_templates=templates,
-        recharge_rules=tuple(recharge_rules), source=source)
+        recharge_rules=tuple(recharge_rules), source=source,
+        watchdog=compile_watchdog(src.watchdog, zone, _spans))
+
+
+def _spans(where: str, hours: list[str]) -> tuple[tuple[int, int], ...]:
+    """``"HH:MM-HH:MM"`` strings as minute spans; errors name ``where[i]``."""
+    try:
+        spans = _window("", None, hours).hours
+    except RulebookError as exc:
+        raise RulebookError(where + exc.field.removeprefix(".hours"), exc.problem) from None
+    assert spans is not None
+    return spans

@@ -12,7 +12,7 @@ from settlement.ledger import schema
 from settlement.ledger.db import create_ledger_engine
 from settlement.ledger.migrate import alembic_config, current_revision, upgrade
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture

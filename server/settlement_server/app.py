@@ -33,12 +33,13 @@ from settlement.v1 import settlement_pb2 as pb
 from settlement.v1 import settlement_pb2_grpc as pb_grpc
 
 from .config import ServerConfig
+from .risk import RiskServicer, aio_risk_servicer
 from .service import Core, MemberServicer, SettlementServicer
 
 log = logging.getLogger("settlement_server")
 
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name
-                 for name in ("SettlementService", "MemberService"))
+                 for name in ("SettlementService", "MemberService", "RiskService"))
 
 
 class Running:
@@ -51,6 +52,7 @@ class Running:
     def stop(self, grace: float) -> threading.Event:
         """Stop taking calls (health NOT_SERVING) and let calls in flight finish."""
         self.health.enter_graceful_shutdown()
+        self.core.feed.close()  # alert streams end; unary calls in flight finish
         return self.server.stop(grace)  # type: ignore[no-any-return]
 
 
@@ -83,18 +85,19 @@ def start(config: ServerConfig, core: Core | None = None) -> Running:
                          options=_options(config))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     port = _wire(server, config, SettlementServicer(core), MemberServicer(core),
-                 health_servicer)
+                 RiskServicer(core), health_servicer)
     server.start()
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Running(server, health_servicer, port, core)
 
 
-def _wire(server: Any, config: ServerConfig, settlements: Any, members: Any,
+def _wire(server: Any, config: ServerConfig, settlements: Any, members: Any, risk: Any,
           health_servicer: Any) -> int:
     """Add the services, health and reflection to a sync or aio server and bind its port."""
     pb_grpc.add_SettlementServiceServicer_to_server(settlements, server)
     pb_grpc.add_MemberServiceServicer_to_server(members, server)
+    pb_grpc.add_RiskServiceServicer_to_server(risk, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -139,7 +142,7 @@ class _AioServer(Running):
                                   self.executor),
                      aio_servicer(MemberServicer, pb_grpc.MemberServiceServicer, core,
                                   self.executor),
-                     health_servicer)
+                     aio_risk_servicer(core, self.executor), health_servicer)
         await self.server.start()
         for name in ("", *SERVICES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -154,6 +157,7 @@ class _AioServer(Running):
 
         async def stopping() -> None:
             await self.health.enter_graceful_shutdown()
+            self.core.feed.close()
             await self.server.stop(grace)
 
         def run() -> None:

@@ -23,6 +23,8 @@ from .errors import info, refusal
 POS = frozenset({"pos", "admin"})
 ANY = frozenset({"pos", "risk", "admin"})
 ADMIN = frozenset({"admin"})
+#: Alerts are for risk staff only (not the tills, not the chain's admins).
+RISK = frozenset({"risk"})
 
 
 class Authenticator:

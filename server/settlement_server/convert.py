@@ -8,6 +8,7 @@ fields an empty string or zero means "not set".
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -140,3 +141,36 @@ def coupon(c: dict[str, Any]) -> pb.Coupon:
     return pb.Coupon(id=c["id"], template=c["template"],
                      valid_from=timestamp(c["valid_from_us"]),
                      valid_until=timestamp(c["valid_until_us"]))
+
+
+def _evidence(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def alert(a: dict[str, Any]) -> pb.Alert:
+    """An alert (``AlertDesk`` shape) as an ``Alert``; its hits and audit trail when given."""
+    out = pb.Alert(
+        alert_id=a["id"], rule=a["rule"], rule_version=a["rule_version"],
+        severity=a["severity"], action=a["action"], subject=a["subject"],
+        member_id=a["member_id"] or "", card_no=a["card_no"] or "", store=a["store"],
+        terminal=a["terminal"] or "", settlement_id=a["settlement_id"] or "",
+        evidence_json=_evidence(a["evidence"]), state=a["state"], outcome=a["outcome"] or "",
+        assignee=a["assignee"] or "", hits=a["hits"], created_at=timestamp(a["created_us"]),
+        updated_at=timestamp(a["updated_us"]), last_hit_at=timestamp(a["last_hit_us"]))
+    for h in a.get("hit_list", ()):
+        out.hit_list.add(ref=h["ref"], operation=h["operation"],
+                         operation_id=h["operation_id"] or "", action=h["action"],
+                         rule_version=h["rule_version"], store=h["store"],
+                         terminal=h["terminal"] or "", evidence_json=_evidence(h["evidence"]),
+                         at=timestamp(h["created_us"]))
+    for e in a.get("events", ()):
+        out.audit.add(event_id=e["id"], actor=e["actor"], action=e["action"],
+                      detail_json=_evidence(e["detail"]), at=timestamp(e["created_us"]))
+    return out
+
+
+def alert_event(e: dict[str, Any]) -> pb.AlertEvent:
+    """An audit event with its alert (``AlertDesk.events``) as an ``AlertEvent``."""
+    return pb.AlertEvent(event_id=e["id"], action=e["action"], actor=e["actor"],
+                         detail_json=_evidence(e["detail"]), at=timestamp(e["created_us"]),
+                         alert=alert(e["alert"]))

@@ -8,7 +8,8 @@ and machine-readable details (``google.rpc`` rich error model).
 - ``PriceChanged``: FAILED_PRECONDITION, ``ErrorInfo`` PRICE_CHANGED and the
   new receipt as a ``SettleResponse``;
 - ``InsufficientBalance``: FAILED_PRECONDITION, ``ErrorInfo``
-  INSUFFICIENT_BALANCE (account, short by); ``Conflict`` (card lost, coupon
+  INSUFFICIENT_BALANCE (account, short by); ``Held`` (a watchdog hold, a lost
+  card): FAILED_PRECONDITION, HELD (alert ids, rules); ``Conflict`` (coupon
   used...): FAILED_PRECONDITION, CONFLICT;
 - ``Forbidden`` (another store's settlement): PERMISSION_DENIED;
 - database unreachable: UNAVAILABLE (retry with the same key);
@@ -31,6 +32,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from settlement.errors import RequestError
 from settlement.ledger.errors import (
     Conflict,
+    Held,
     IdempotencyConflict,
     InsufficientBalance,
     NotFound,
@@ -110,6 +112,10 @@ def _refusal_for(exc: BaseException, field_prefix: str) -> Refusal:
         return refusal(code_pb2.FAILED_PRECONDITION, str(exc),
                        [info("INSUFFICIENT_BALANCE", account=exc.kind, ref=exc.ref,
                              short_by=exc.short_by)])
+    if isinstance(exc, Held):
+        return refusal(code_pb2.FAILED_PRECONDITION, str(exc),
+                       [info("HELD", alert_ids=",".join(exc.alert_ids),
+                             rules=",".join(exc.rules))])
     if isinstance(exc, Conflict):
         return refusal(code_pb2.FAILED_PRECONDITION, str(exc), [info("CONFLICT")])
     if isinstance(exc, NotFound):

@@ -29,6 +29,7 @@ from settlement.v1 import settlement_pb2_grpc as pb_grpc
 from . import convert
 from .auth import ADMIN, ANY, POS, Authenticator
 from .errors import Forbidden, refusal, status_for
+from .feed import AlertFeed
 
 _R = TypeVar("_R")
 
@@ -47,6 +48,7 @@ class Core:
         self.ledger = Ledger(engine, settlement.load_rulebook(self.rulebook_path),
                              **ledger_options)
         self.auth = Authenticator(engine, auth_ttl)
+        self.feed = AlertFeed(engine)
 
     def reload(self) -> str:
         """Load the rulebook file again; returns its version. A broken file raises
@@ -134,7 +136,7 @@ class SettlementServicer(_Servicer, pb_grpc.SettlementServiceServicer):
     @rpc(POS, prefix="basket", inline=lambda r: r.basket.WhichOneof("member") is None)
     def Quote(self, request: pb.QuoteRequest, ledger: Ledger, t: Terminal) -> pb.QuoteResponse:
         return pb.QuoteResponse(receipt=convert.receipt(
-            ledger.quote(t.store, convert.basket(request.basket))))
+            ledger.quote(t.store, convert.basket(request.basket), terminal=t.id)))
 
     @rpc(POS, prefix="basket")
     def Settle(self, request: pb.SettleRequest, ledger: Ledger,

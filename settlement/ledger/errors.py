@@ -26,3 +26,12 @@ class InsufficientBalance(LedgerError):
 
 class Conflict(LedgerError):
     """The state does not allow the operation (card lost, coupon used, recharge spent...)."""
+
+
+class Held(Conflict):
+    """A watchdog rule with action ``hold`` (or a lost card) refused the operation; nothing
+    but the alerts named in ``alert_ids`` was committed."""
+
+    def __init__(self, message: str, alert_ids: list[str], rules: list[str]) -> None:
+        super().__init__(message)
+        self.alert_ids, self.rules = alert_ids, rules

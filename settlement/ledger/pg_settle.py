@@ -31,6 +31,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from . import schema
+from .alerts import FACTS_SQL, pg_sql
 from .errors import Conflict
 from .idempotency import canonical, replay
 from .journal import MEMBER_KINDS, Account
@@ -118,13 +119,19 @@ SELECT (SELECT count(*) FROM balanced), (SELECT count(*) FROM spent),
 """.split())
 
 
+PG_FACTS_SQL = pg_sql(FACTS_SQL)
+
+
 def begin(pg: psycopg.Connection[Any], store: str, key: str, operation: str, digest: str,
           now: int, member_id: str | None, card_no: str | None, at: int,
-          ) -> tuple[dict[str, Any] | None, tuple[Any, ...] | None, tuple[Any, ...] | None]:
-    """Round trip 1: claim ``key``, look up the card, read and lock the member.
+          facts: dict[str, Any] | None = None,
+          ) -> tuple[dict[str, Any] | None, tuple[Any, ...] | None, tuple[Any, ...] | None,
+                     tuple[Any, ...] | None]:
+    """Round trip 1: claim ``key``, look up the card, read and lock the member, and (given
+    ``facts``, its parameters) read the watchdog's look-back facts after the lock.
 
-    Returns ``(stored, card, snapshot_row)``: ``stored`` is the earlier response when
-    the key was executed before (the caller rolls back and returns it; another request
+    Returns ``(stored, card, snapshot_row, facts_row)``: ``stored`` is the earlier response
+    when the key was executed before (the caller rolls back and returns it; another request
     under the key raises :class:`IdempotencyConflict`).
     """
     with pg.pipeline():
@@ -134,14 +141,16 @@ def begin(pg: psycopg.Connection[Any], store: str, key: str, operation: str, dig
         if member_id is not None or card_no is not None:
             pg.execute(PG_LOCK_SQL, {"member": member_id, "card": card_no})
             snap = pg.execute(PG_SNAPSHOT_SQL, {"member": member_id, "card": card_no, "at": at})
+        seen = pg.execute(PG_FACTS_SQL, facts) if facts is not None else None
         claimed = claim.fetchone()
         card_row = card.fetchone() if card is not None else None
         snap_row = snap.fetchone() if snap is not None else None
+        facts_row = seen.fetchone() if seen is not None else None
     if claimed is None:
         row = pg.execute(STORED_SQL, (store, key)).fetchone()
         assert row is not None  # the conflicting insert saw it
-        return replay(store, key, operation, digest, *row), None, None
-    return None, card_row, snap_row
+        return replay(store, key, operation, digest, *row), None, None, None
+    return None, card_row, snap_row, facts_row
 
 
 def read_member(pg: psycopg.Connection[Any], member_id: str | None, card_no: str | None,

@@ -126,6 +126,7 @@ points_lots = Table(
           postgresql_where=text("remaining > 0"), sqlite_where=text("remaining > 0")),
     Index(None, "expires_us"),  # the expiry job
     Index(None, "tx_id"),  # recharge reversal finds the bonus lot
+    Index(None, "member_id", "created_us"),  # the watchdog's "large accrual" (0005)
     CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),
 )
 
@@ -182,6 +183,7 @@ settlements = Table(
     Index(None, "member_id", "at_us"),
     Index(None, "member_id", "created_us"),  # spending since a recharge
     Index(None, "store", "at_us"),
+    Index(None, "store", "terminal", "at_us"),  # the watchdog's per-terminal burst (0005)
     CheckConstraint("status IN ('settled', 'voided')", name="status"),
 )
 
@@ -282,4 +284,78 @@ terminals = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("revoked_us", BigInteger),
     CheckConstraint("role IN ('pos', 'risk', 'admin')", name="role"),
+)
+
+# ---------------------------------------------------------------- the watchdog (0005)
+
+alerts = Table(
+    "alerts", metadata,
+    Column("id", Text, primary_key=True),
+    Column("rule", Text, nullable=False),
+    Column("rule_version", Text, nullable=False),  # the rulebook's version when opened
+    Column("severity", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    # what the alert is about: "member:<id>", "terminal:<store>/<id>" or "store:<store>"
+    Column("subject", Text, nullable=False),
+    Column("member_id", Text),
+    Column("card_no", Text),
+    Column("store", Text, nullable=False),
+    Column("terminal", Text),
+    Column("settlement_id", Text),  # the first hit's settlement or refund (None: held)
+    Column("evidence", Text, nullable=False),  # JSON: the numbers that crossed the threshold
+    Column("state", Text, nullable=False, server_default="open"),
+    Column("outcome", Text),
+    Column("assignee", Text),
+    Column("hits", Integer, nullable=False, server_default="1"),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Column("last_hit_us", BigInteger, nullable=False),
+    # One alert open per (rule, subject); later hits attach to it.
+    Index("uq_alerts_open", "rule", "subject", unique=True,
+          postgresql_where=text("state <> 'resolved'"),
+          sqlite_where=text("state <> 'resolved'")),
+    Index(None, "state", "created_us"),
+    Index(None, "member_id", "created_us"),
+    Index(None, "store", "created_us"),
+    CheckConstraint("state IN ('open', 'acknowledged', 'resolved')", name="state"),
+    CheckConstraint("severity IN ('low', 'medium', 'high', 'critical')", name="severity"),
+    CheckConstraint("outcome IS NULL OR outcome IN "
+                    "('confirmed_fraud', 'false_positive', 'valuable')", name="outcome"),
+)
+
+alert_hits = Table(
+    "alert_hits", metadata,
+    Column("alert_id", Text, nullable=False),
+    # the request that hit: "<store>/<idempotency key>" (a retry hits no second time)
+    Column("ref", Text, nullable=False),
+    Column("operation", Text, nullable=False),  # settle, refund, void, quote
+    Column("operation_id", Text),  # the settlement or refund (None: held or a quote)
+    Column("action", Text, nullable=False),  # alert (went through) or hold (refused)
+    Column("rule_version", Text, nullable=False),
+    Column("store", Text, nullable=False),
+    Column("terminal", Text),
+    Column("evidence", Text, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("alert_id", "ref"),
+)
+
+alert_events = Table(
+    "alert_events", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("alert_id", Text, nullable=False, index=True),
+    Column("actor", Text, nullable=False),  # "watchdog", or the risk terminal's id
+    Column("action", Text, nullable=False),  # opened, hit, acknowledged, assigned, noted, resolved
+    Column("detail", Text, nullable=False),  # JSON
+    Column("created_us", BigInteger, nullable=False),
+)
+
+alert_outbox = Table(
+    "alert_outbox", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("alert_id", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # JSON: the alert as opened
+    Column("created_us", BigInteger, nullable=False),
+    Column("delivered_us", BigInteger),  # set by the integrator that forwarded it
+    Index("ix_alert_outbox_pending", "id", postgresql_where=text("delivered_us IS NULL"),
+          sqlite_where=text("delivered_us IS NULL")),
 )

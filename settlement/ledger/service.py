@@ -32,9 +32,11 @@ from settlement.allocation import allocate, apportion
 from settlement.errors import RequestError
 from settlement.rulebook import Rulebook
 from settlement.timeutil import format_instant, parse_instant
+from settlement.watchdog import Hit, RefundEvent, SettleEvent, evaluate_refund, \
+    evaluate_settlement, lost_card_hit
 
-from . import pg_settle, schema
-from .errors import Conflict, InsufficientBalance, LedgerError, NotFound
+from . import alerts, pg_settle, schema
+from .errors import Conflict, Held, InsufficientBalance, LedgerError, NotFound
 from .idempotency import claim, record, request_hash
 from .journal import SYSTEM_KINDS, Account, Transaction, account, balance, system
 from .snapshot import Lot, MemberRow, MemberSnapshot, load_lots, load_snapshot, snapshot_from_pg
@@ -55,6 +57,15 @@ _T = TypeVar("_T")
 
 class _Disconnected(Exception):
     """The PostgreSQL path found its connection dead (retried once on a fresh one)."""
+
+
+class _Hold(Exception):
+    """A watchdog rule holds the operation: raised inside its transaction (which rolls
+    back), caught by :meth:`Ledger._holding`, which commits the alerts alone."""
+
+    def __init__(self, hits: list[Hit], member_id: str | None, card_no: str | None) -> None:
+        super().__init__(", ".join(h.rule for h in hits))
+        self.hits, self.member_id, self.card_no = hits, member_id, card_no
 
 
 @dataclass
@@ -132,6 +143,8 @@ class Ledger:
         self.rulebook = rulebook
         self.clock = clock or (lambda: time.time_ns() // 1000)
         self.max_clock_skew_us = max_clock_skew_us
+        #: risk staff's side of the watchdog's alerts
+        self.alerts = alerts.AlertDesk(engine, self.clock)
         # System accounts never change: create them once (committed), then post to the
         # cached ids without a lookup per move. The schema must be migrated first.
         with engine.begin() as conn:
@@ -177,6 +190,54 @@ class Ledger:
             pass
         return run()
 
+    def _holding(self, store: str, terminal: str | None, ref: str, operation: str,
+                 run: Callable[[], _T]) -> _T:
+        """Run ``run``; when a watchdog rule holds it (its transaction rolled back), commit
+        the alerts alone and raise :class:`Held` naming them."""
+        try:
+            return run()
+        except _Hold as hold:
+            ctx = alerts.Context(store, terminal, hold.member_id, hold.card_no, ref, operation,
+                                 None, self.rulebook.version, self.clock())
+            with self.engine.begin() as conn:
+                ids = alerts.record(alerts.SaDb(conn), hold.hits, ctx)
+            what = "; ".join(f"{h.rule} (alert {a})" for h, a in zip(hold.hits, ids,
+                                                                     strict=True)
+                             if h.action == "hold")
+            reason = (f"card {hold.card_no!r} is reported lost"
+                      if hold.hits[0].rule == "lost_card" else "refused by the watchdog")
+            raise Held(f"{reason}; held for review: {what}",
+                       [a for h, a in zip(hold.hits, ids, strict=True) if h.action == "hold"],
+                       [h.rule for h in hold.hits if h.action == "hold"]) from None
+
+    def _watch_settlement(self, db: alerts.Db, plan: SettlePlan, snap: MemberSnapshot | None,
+                          store: str, terminal: str | None, req: Mapping[str, Any], at: int,
+                          now: int, ref: str, facts_row: Sequence[Any] | None = None) -> None:
+        """Judge the planned settlement by the watchdog's rules inside its transaction
+        (``facts_row``: the look-back facts when already read): alerts are written with
+        it; a hold raises :class:`_Hold`."""
+        wd = self.rulebook.watchdog
+        if not wd.enabled:
+            return
+        member_id = snap.member.id if snap is not None else None
+        if facts_row is None:
+            facts_row = db.rows(alerts.FACTS_SQL, alerts.facts_params(
+                wd, member_id, None, store, terminal, at))[0]
+        r = plan.response
+        event = SettleEvent(
+            store, terminal, member_id, at, r["payable_cents"], r["stored_value_cents"],
+            r["points_redeemed"],
+            snap.balance("sv_principal") + snap.balance("sv_bonus") if snap else 0,
+            snap.usable if snap else 0)
+        hits = evaluate_settlement(wd, event, alerts.facts_from_row(facts_row))
+        if not hits:
+            return
+        if any(h.action == "hold" for h in hits):
+            raise _Hold(hits, member_id, req.get("card_no"))
+        alerts.record(db, hits, alerts.Context(store, terminal, member_id, req.get("card_no"),
+                                               ref, "settle", plan.sid, self.rulebook.version,
+                                               now))
+
     @staticmethod
     def _receipt_of(conn: Connection, stored: dict[str, Any]) -> dict[str, Any]:
         """A settle response from its key's stored form (portable path)."""
@@ -193,8 +254,7 @@ class Ledger:
             raise NotFound(f"member {member_id!r} not found")
         return row
 
-    @staticmethod
-    def _request_member(req: Mapping[str, Any], card: Any) -> str | None:
+    def _request_member(self, req: Mapping[str, Any], card: Any) -> str | None:
         """The member a settle or quote request is for: ``member_id``, or the owner of
         ``card_no`` (``card``: its ``(member_id, status)`` row, None when not found), which
         must be active and agree with ``member_id``; None for a walk-in."""
@@ -205,6 +265,8 @@ class Ledger:
         if card is None:
             raise NotFound(f"card {card_no!r} not found")
         owner, status = card
+        if status == "lost":  # always refused, and risk staff hear of the attempt
+            raise _Hold([lost_card_hit(self.rulebook.watchdog, card_no)], owner, card_no)
         if status != "active":
             raise Conflict(f"card {card_no!r} is {status}")
         if member_id is not None and member_id != owner:
@@ -478,17 +540,21 @@ class Ledger:
         _text("terminal", terminal, required=False)
 
         request = {"request": payload, "terminal": terminal}
+        ref = f"{store}/{key}"
         if self.engine.dialect.name == "postgresql":
             _text("store", store)
             _text("idempotency_key", key)
             digest = request_hash("settle", request)
-            return self._once_more_if_disconnected(
-                lambda: self._settle_pg(store, key, digest, payload, terminal))
+            return self._holding(store, terminal, ref, "settle", lambda:
+                                 self._once_more_if_disconnected(
+                                     lambda: self._settle_pg(store, key, digest, payload,
+                                                             terminal)))
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
-            return self._settle(conn, now, store, terminal, payload)
+            return self._settle(conn, now, store, terminal, payload, ref)
 
-        return self._idempotent(store, key, "settle", request, body, settles=True)
+        return self._holding(store, terminal, ref, "settle", lambda: self._idempotent(
+            store, key, "settle", request, body, settles=True))
 
     @staticmethod
     def _checked_settle_request(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -534,7 +600,7 @@ class Ledger:
         return load_snapshot(conn, member_id, lock, at) if member_id is not None else None
 
     def _settle(self, conn: Connection, now: int, store: str, terminal: str | None,
-                req: dict[str, Any]) -> dict[str, Any]:
+                req: dict[str, Any], ref: str) -> dict[str, Any]:
         """The portable path (SQLAlchemy Core): read, plan, apply."""
         at = self._settle_at(req, now)
         snap = self._snapshot_of(conn, req, lock=True, at=at)
@@ -548,6 +614,7 @@ class Ledger:
             return load_lots(conn, snap.member.id, at)
 
         plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure, more_lots)
+        self._watch_settlement(alerts.SaDb(conn), plan, snap, store, terminal, req, at, now, ref)
         self._apply_settlement(conn, plan, now)
         return plan.response
 
@@ -560,8 +627,12 @@ class Ledger:
             # (the instant is checked against the clock after the claim: a replay of an
             # executed key answers whatever the clock says now)
             at = _instant(req, now)
-            stored, card, row = pg_settle.begin(pg, store, key, "settle", digest, now,
-                                                req.get("member_id"), req.get("card_no"), at)
+            wd = self.rulebook.watchdog
+            facts = (alerts.facts_params(wd, req.get("member_id"), req.get("card_no"), store,
+                                         terminal, at) if wd.enabled else None)
+            stored, card, row, facts_row = pg_settle.begin(
+                pg, store, key, "settle", digest, now, req.get("member_id"),
+                req.get("card_no"), at, facts)
             if stored is not None:
                 stored = _settle_response(stored, lambda sid: pg_settle.receipt(pg, sid))
                 pg.rollback()
@@ -579,16 +650,17 @@ class Ledger:
 
             plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure,
                                          more_lots)
+            self._watch_settlement(alerts.PgDb(pg), plan, snap, store, terminal, req, at, now,
+                                   f"{store}/{key}", facts_row)
             pg_settle.write(pg, plan, store, key, now)
             pg.commit()
             return plan.response
 
-    @staticmethod
-    def _pg_snapshot(req: Mapping[str, Any], card: tuple[Any, ...] | None,
+    def _pg_snapshot(self, req: Mapping[str, Any], card: tuple[Any, ...] | None,
                      row: tuple[Any, ...] | None) -> MemberSnapshot | None:
         """The member's snapshot from the PostgreSQL path's card and snapshot rows, with the
         portable path's checks in its order (card first, then member)."""
-        member_id = Ledger._request_member(req, card)
+        member_id = self._request_member(req, card)
         if member_id is None:
             return None
         if row is None:
@@ -746,7 +818,8 @@ class Ledger:
             }
         return quote_req
 
-    def quote(self, store: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    def quote(self, store: str, request: Mapping[str, Any],
+              terminal: str | None = None) -> dict[str, Any]:
         """Price a settle request against the member's current state; nothing is written
         and nothing is locked (the price may differ at Settle: pass the quoted payable as
         ``expected_payable_cents`` there). A walk-in (no member) reads no database."""
@@ -758,14 +831,19 @@ class Ledger:
             return settlement.quote(self.rulebook, self._quote_request(None, store, payload, at))
 
         if self.engine.dialect.name == "postgresql":
-            return self._once_more_if_disconnected(lambda: self._quote_pg(store, payload, at))
+            def run() -> dict[str, Any]:
+                return self._once_more_if_disconnected(lambda: self._quote_pg(store, payload, at))
+        else:
+            def run() -> dict[str, Any]:
+                def read() -> dict[str, Any]:
+                    with self.engine.connect() as conn:
+                        snap = self._snapshot_of(conn, payload, lock=False, at=at)
+                    return settlement.quote(self.rulebook,
+                                            self._quote_request(snap, store, payload, at))
+                return self._once_more_if_disconnected(read)
 
-        def run() -> dict[str, Any]:
-            with self.engine.connect() as conn:
-                snap = self._snapshot_of(conn, payload, lock=False, at=at)
-            return settlement.quote(self.rulebook, self._quote_request(snap, store, payload, at))
-
-        return self._once_more_if_disconnected(run)
+        # A quote with a lost card is a use of it: refused and alerted like a settle.
+        return self._holding(store, terminal, f"{store}/quote:{uuid.uuid4().hex}", "quote", run)
 
     def _quote_pg(self, store: str, req: dict[str, Any], at: int) -> dict[str, Any]:
         """Quote on PostgreSQL: the member read in one round trip, no transaction."""
@@ -861,20 +939,22 @@ class Ledger:
                    "lines": None if lines is None else [dict(x) for x in lines]}
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
-            return self._refund(conn, now, store, settlement_id, lines, void=False)
+            return self._refund(conn, now, store, key, settlement_id, lines, void=False)
 
-        return self._idempotent(store, key, "refund", request, body)
+        return self._holding(store, None, f"{store}/{key}", "refund", lambda: self._idempotent(
+            store, key, "refund", request, body))
 
     def void(self, store: str, key: str, settlement_id: str) -> dict[str, Any]:
         """Cancel a settlement that has no refunds yet: a full refund, marked voided."""
         _text("settlement_id", settlement_id)
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
-            return self._refund(conn, now, store, settlement_id, None, void=True)
+            return self._refund(conn, now, store, key, settlement_id, None, void=True)
 
-        return self._idempotent(store, key, "void", {"settlement_id": settlement_id}, body)
+        return self._holding(store, None, f"{store}/{key}", "void", lambda: self._idempotent(
+            store, key, "void", {"settlement_id": settlement_id}, body))
 
-    def _refund(self, conn: Connection, now: int, store: str, sid: str,
+    def _refund(self, conn: Connection, now: int, store: str, key: str, sid: str,
                 wanted: list[Mapping[str, int]] | None, void: bool) -> dict[str, Any]:
         head = conn.execute(select(schema.settlements.c.member_id)
                             .where(schema.settlements.c.id == sid)).first()
@@ -987,6 +1067,9 @@ class Ledger:
         if void:
             conn.execute(update(schema.settlements).where(schema.settlements.c.id == sid)
                          .values(status="voided"))
+        if m is not None:
+            self._watch_refund(conn, store, key, m.id, totals["net"], rid,
+                               "void" if void else "refund", now)
         sv_back = totals["svp"] + totals["svb"]
         conn.execute(insert(schema.refunds).values(
             id=rid, settlement_id=sid, store=store, net_cents=totals["net"],
@@ -999,6 +1082,24 @@ class Ledger:
                 "cash_cents": totals["net"] - sv_back, "points_returned": totals["pts_back"],
                 "points_taken_back": totals["pts_taken"], "points_debt_added": debt,
                 "coupons_returned": coupons_back, "voided": void}
+
+    def _watch_refund(self, conn: Connection, store: str, key: str, member_id: str,
+                      net_cents: int, rid: str, operation: str, now: int) -> None:
+        """The refund-abuse rule, inside the refund's transaction (before its row is
+        written, so the facts are the refunds before it)."""
+        wd = self.rulebook.watchdog
+        if wd.rule("refund_abuse") is None:
+            return
+        db = alerts.SaDb(conn)
+        count, refunded, settled = alerts.refund_facts(db, wd, member_id, now)
+        hits = evaluate_refund(wd, RefundEvent(store, member_id, net_cents, count, refunded,
+                                               settled))
+        if any(h.action == "hold" for h in hits):
+            raise _Hold(hits, member_id, None)
+        if hits:
+            alerts.record(db, hits, alerts.Context(store, None, member_id, None,
+                                                   f"{store}/{key}", operation, rid,
+                                                   self.rulebook.version, now))
 
     # ------------------------------------------------------------------ recharge reversal
 
