@@ -116,11 +116,12 @@ def _serve(args: argparse.Namespace) -> int:
     engine = create_ledger_engine(config.database_url)
     try:
         if args.demo:
-            from settlement_server.demo import seed
+            from settlement_server.demo import risk_token_file, seed
 
             seed(engine, rulebook, Path(args.demo_token_file))
             print(f"settlement serve: demo data ready; a POS terminal token (store S001) is "
-                  f"in {args.demo_token_file}", flush=True)
+                  f"in {args.demo_token_file}, a risk terminal's in "
+                  f"{risk_token_file(Path(args.demo_token_file))}", flush=True)
         else:
             revision = current_revision(engine)
             if revision != head_revision():
@@ -228,6 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="revoke a terminal's token").add_argument("id")
     tsub.add_parser("list", parents=[database], help="list terminals (no secrets)")
     term.set_defaults(func=_terminals)
+    sub.add_parser("alerts", add_help=False,
+                   help="risk staff: list, show, ack, assign, note, resolve or watch "
+                   "alerts (settlement alerts --help)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["alerts"]:  # its own parser: a client of a running server
+        from settlement_pos.risk_cli import main as alerts_main
+
+        return alerts_main(argv[1:])
     args = parser.parse_args(argv)
     return int(args.func(args))
 

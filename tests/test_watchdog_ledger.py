@@ -86,7 +86,7 @@ def count(ledger: Ledger, table: str) -> int:
 
 
 def only_alert(ledger: Ledger, rule: str) -> dict:
-    page, _ = ledger.alerts.list(rule=rule)
+    page, _ = ledger.alerts.list_alerts(rule=rule)
     assert len(page) == 1, page
     return ledger.alerts.get(page[0]["id"])
 
@@ -154,7 +154,7 @@ def test_a_hold_refuses_and_commits_nothing_but_the_alert(ledger: Ledger,
     with pytest.raises(Held) as again:
         ledger.settle("S001", "s3", drain)
     assert again.value.alert_ids != [alert["id"]]
-    assert len(ledger.alerts.list(rule="sv_drain")[0]) == 2
+    assert len(ledger.alerts.list_alerts(rule="sv_drain")[0]) == 2
 
 
 def test_a_lost_card_is_refused_and_alerted_on_settle_and_quote(ledger: Ledger) -> None:
@@ -180,7 +180,7 @@ def test_the_lost_card_alert_comes_even_with_the_watchdog_off(ledger: Ledger,
     ledger.report_lost("S001", "l1", "K1")
     with pytest.raises(Held):
         ledger.settle("S001", "s1", {**basket(1_000, member=None), "card_no": "K1"})
-    assert [a["rule"] for a in ledger.alerts.list()[0]] == ["lost_card"]
+    assert [a["rule"] for a in ledger.alerts.list_alerts()[0]] == ["lost_card"]
 
 
 def test_card_burst_counts_committed_settlements_in_the_window(ledger: Ledger,
@@ -188,10 +188,10 @@ def test_card_burst_counts_committed_settlements_in_the_window(ledger: Ledger,
     for i, minutes in enumerate((0, 5)):  # two in ten minutes: below 3
         clock.now = T0 + minutes * MIN
         ledger.settle("S001", f"s{i}", basket(1_000, at=clock.now))
-    assert ledger.alerts.list()[0] == []
+    assert ledger.alerts.list_alerts()[0] == []
     clock.now = T0 + 10 * MIN  # the first is now exactly 10 minutes old: out of the window
     ledger.settle("S001", "s2", basket(1_000, at=clock.now))
-    assert ledger.alerts.list()[0] == []
+    assert ledger.alerts.list_alerts()[0] == []
     clock.now = T0 + 11 * MIN  # 5, 10, 11: the third within ten minutes
     ledger.settle("S001", "s3", basket(1_000, at=clock.now))
     alert = only_alert(ledger, "card_burst")
@@ -202,7 +202,7 @@ def test_terminal_burst_is_kept_per_terminal(ledger: Ledger) -> None:
     for i in range(3):
         ledger.settle("S001", f"a{i}", basket(500, member=None), terminal="T1")
         ledger.settle("S001", f"b{i}", basket(500, member=None), terminal="T2")
-    assert ledger.alerts.list()[0] == []
+    assert ledger.alerts.list_alerts()[0] == []
     ledger.settle("S001", "a3", basket(500, member=None), terminal="T1")
     alert = only_alert(ledger, "terminal_burst")
     assert (alert["subject"], alert["member_id"]) == ("terminal:S001/T1", None)
@@ -211,7 +211,7 @@ def test_terminal_burst_is_kept_per_terminal(ledger: Ledger) -> None:
 def test_refund_abuse_is_judged_on_refunds(ledger: Ledger) -> None:
     sold = [ledger.settle("S001", f"s{i}", basket(2_000))["settlement_id"] for i in range(2)]
     ledger.refund("S001", "f0", sold[0])
-    assert ledger.alerts.list()[0] == []
+    assert ledger.alerts.list_alerts()[0] == []
     ledger.void("S001", "f1", sold[1])
     alert = only_alert(ledger, "refund_abuse")
     assert alert["hit_list"][0]["operation"] == "void"
@@ -305,7 +305,7 @@ def test_review_workflow_and_its_audit_trail(ledger: Ledger, clock: Clock) -> No
         "opened", "acknowledged", "assigned", "resolved", "noted"]
     # a new hit after the resolution opens a new alert
     ledger.settle("S001", "s2", basket(60_000), terminal="T1")
-    assert [a["state"] for a in desk.list(rule="high_value")[0]] == ["open", "resolved"]
+    assert [a["state"] for a in desk.list_alerts(rule="high_value")[0]] == ["open", "resolved"]
 
 
 def test_list_filters_and_pages(ledger: Ledger, clock: Clock) -> None:
@@ -316,19 +316,19 @@ def test_list_filters_and_pages(ledger: Ledger, clock: Clock) -> None:
                                                                    at=clock.now))
     seen, token = [], None
     while True:
-        page, token = ledger.alerts.list(page_size=2, page_token=token)
+        page, token = ledger.alerts.list_alerts(page_size=2, page_token=token)
         seen += [a["member_id"] for a in page]
         if token is None:
             break
     assert seen == ["N4", "N3", "N2", "N1", "N0"]  # newest first, each once
-    assert [a["member_id"] for a in ledger.alerts.list(store="S002")[0]] == ["N3", "N1"]
-    assert ledger.alerts.list(min_severity="critical")[0] == []
-    assert len(ledger.alerts.list(min_severity="high", states=["open"])[0]) == 5
-    assert ledger.alerts.list(states=["resolved"])[0] == []
+    assert [a["member_id"] for a in ledger.alerts.list_alerts(store="S002")[0]] == ["N3", "N1"]
+    assert ledger.alerts.list_alerts(min_severity="critical")[0] == []
+    assert len(ledger.alerts.list_alerts(min_severity="high", states=["open"])[0]) == 5
+    assert ledger.alerts.list_alerts(states=["resolved"])[0] == []
     for bad in ({"states": ["closed"]}, {"min_severity": "huge"}, {"page_token": "x"},
                 {"page_size": 0}):
         with pytest.raises(RequestError):
-            ledger.alerts.list(**bad)  # type: ignore[arg-type]
+            ledger.alerts.list_alerts(**bad)  # type: ignore[arg-type]
 
 
 def test_alert_evidence_is_json_with_exact_integers(ledger: Ledger) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -100,6 +100,7 @@ class PosClient:
         self.timeout, self.attempts, self.backoff = timeout, attempts, backoff
         self.settlements = pb_grpc.SettlementServiceStub(self.channel)
         self.members = pb_grpc.MemberServiceStub(self.channel)
+        self.risk = pb_grpc.RiskServiceStub(self.channel)
 
     def __enter__(self) -> PosClient:
         return self
@@ -195,3 +196,31 @@ class PosClient:
             token = page.next_page_token
             if not token:
                 return out
+
+    # -- risk review (a terminal with the "risk" role)
+
+    def list_alerts(self, *, states: Sequence[str] = (), page_size: int = 50,
+                    page_token: str = "", **filters: str) -> pb.ListAlertsResponse:
+        """One page of alerts, newest first (filters: rule, store, member_id,
+        min_severity)."""
+        return self.call(self.risk.ListAlerts, pb.ListAlertsRequest(
+            states=list(states), page_size=page_size, page_token=page_token, **filters))
+
+    def get_alert(self, alert_id: str) -> pb.Alert:
+        """An alert with its hits and audit trail."""
+        return self.call(self.risk.GetAlert, pb.GetAlertRequest(alert_id=alert_id))
+
+    def update_alert(self, alert_id: str, action: str, **fields: str) -> pb.Alert:
+        """One review step: ``acknowledge``, ``assign``, ``note`` or ``resolve`` (fields:
+        assignee, note, outcome)."""
+        return self.call(self.risk.UpdateAlert, pb.UpdateAlertRequest(
+            alert_id=alert_id, action=action, **fields))
+
+    def watch_alerts(self, *, min_severity: str = "", store: str = "",
+                     after_event_id: int = 0) -> Iterator[pb.AlertEvent]:
+        """Alert events as they commit (a stream without a deadline: cancel it, or close
+        the client, to stop)."""
+        return self.risk.WatchAlerts(  # type: ignore[no-any-return]
+            pb.WatchAlertsRequest(min_severity=min_severity, store=store,
+                                  after_event_id=after_event_id), metadata=self.metadata)
+

@@ -1,6 +1,7 @@
 """Demo data for ``settlement serve --demo``: the schema, a few members with
-stored value, points, coupons and a count card, and two terminals of store
-S001 whose fresh tokens are written to a file (the README's run command).
+stored value, points, coupons and a count card, and terminals of store S001
+(pos, risk, admin) whose fresh POS and risk tokens are written to files (the
+README's run command).
 
 Everything goes through the ledger's own operations with fixed idempotency
 keys, so starting the demo again changes nothing but the terminal tokens.
@@ -44,9 +45,15 @@ def seed(engine: Engine, rulebook: Rulebook, token_file: Path) -> dict[str, str]
     tokens = {}
     with engine.begin() as conn:
         conn.execute(delete(schema.terminals).where(
-            schema.terminals.c.id.in_(["demo-pos", "demo-admin"])))
-    for terminal, role in (("demo-pos", "pos"), ("demo-admin", "admin")):
+            schema.terminals.c.id.in_(["demo-pos", "demo-risk", "demo-admin"])))
+    for terminal, role in (("demo-pos", "pos"), ("demo-risk", "risk"), ("demo-admin", "admin")):
         tokens[role] = add_terminal(engine, terminal, STORE, role, name="demo")
-    token_file.write_text(f"{tokens['pos']}\n", encoding="utf-8")
-    token_file.chmod(0o600)
+    for path, role in ((token_file, "pos"), (risk_token_file(token_file), "risk")):
+        path.write_text(f"{tokens[role]}\n", encoding="utf-8")
+        path.chmod(0o600)
     return tokens
+
+
+def risk_token_file(pos_token_file: Path) -> Path:
+    """Where the demo's risk terminal token goes: ``demo-risk.token`` beside the POS one."""
+    return pos_token_file.with_name("demo-risk.token")

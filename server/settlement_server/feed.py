@@ -98,9 +98,9 @@ class AlertFeed:
 
     def _listen(self) -> None:
         fairy = self.engine.raw_connection()
-        fairy.detach()  # a connection of its own, closed here, never back in the pool
         pg = fairy.driver_connection
         assert pg is not None
+        fairy.detach()  # a connection of its own, closed here, never back in the pool
         try:
             pg.autocommit = True
             pg.execute(f"LISTEN {CHANNEL}")

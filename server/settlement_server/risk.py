@@ -53,7 +53,7 @@ class RiskServicer(_Servicer, pb_grpc.RiskServiceServicer):
     @rpc(RISK)
     def ListAlerts(self, request: pb.ListAlertsRequest, ledger: Ledger,
                    t: Terminal) -> pb.ListAlertsResponse:
-        page, token = ledger.alerts.list(
+        page, token = ledger.alerts.list_alerts(
             states=list(request.states), rule=request.rule or None, store=request.store or None,
             member_id=request.member_id or None, min_severity=_severity(request.min_severity),
             page_size=request.page_size or 50, page_token=request.page_token or None)
@@ -73,12 +73,17 @@ class RiskServicer(_Servicer, pb_grpc.RiskServiceServicer):
 
     def events(self, request: pb.WatchAlertsRequest, metadata: Any,
                active: Callable[[], bool]) -> Iterator[pb.AlertEvent | None]:
-        """The stream's events; ``None`` every :attr:`heartbeat_seconds` without one (the
-        caller checks its client then). Raises before the first item when refused."""
+        """Check the caller and subscribe (raises when refused), then return the stream's
+        events: ``None`` every :attr:`heartbeat_seconds` without one (the caller checks its
+        client then). Every event committed after this returns is in the stream."""
         self.core.auth.check(metadata, RISK)
         _severity(request.min_severity)
+        q = self.core.feed.subscribe()
+        return self._events(request, q, active)
+
+    def _events(self, request: pb.WatchAlertsRequest, q: queue.Queue[dict[str, Any]],
+                active: Callable[[], bool]) -> Iterator[pb.AlertEvent | None]:
         feed = self.core.feed
-        q = feed.subscribe()
         try:
             sent: set[int] = set()
             after = request.after_event_id
@@ -106,19 +111,14 @@ class RiskServicer(_Servicer, pb_grpc.RiskServiceServicer):
                     context: grpc.ServicerContext) -> Iterator[pb.AlertEvent]:
         try:
             stream = self.events(request, context.invocation_metadata(), context.is_active)
-            first = next(stream)
-        except StopIteration:
-            return
         except Exception as exc:  # noqa: BLE001 - every refusal is mapped
-            problem = exc
-        else:
-            if first is not None:
-                yield first
-            for event in stream:
-                if event is not None:
-                    yield event
+            context.abort_with_status(rpc_status.to_status(status_for(exc)))
             return
-        context.abort_with_status(rpc_status.to_status(status_for(problem)))
+        # The headers tell the client it is subscribed: what commits from now on comes.
+        context.send_initial_metadata(())
+        for event in stream:
+            if event is not None:
+                yield event
 
 
 def aio_risk_servicer(core: Core, executor: Any) -> Any:
@@ -133,8 +133,14 @@ def aio_risk_servicer(core: Core, executor: Any) -> Any:
 
     async def WatchAlerts(request: pb.WatchAlertsRequest, context: Any) -> Any:  # noqa: N802
         loop = asyncio.get_running_loop()
-        stream = sync.events(request, context.invocation_metadata(),
-                             lambda: not context.done())
+        try:
+            stream = await loop.run_in_executor(executor, sync.events, request,
+                                                context.invocation_metadata(),
+                                                lambda: not context.done())
+        except Exception as exc:  # noqa: BLE001 - every refusal is mapped
+            await context.abort_with_status(rpc_status.to_status(status_for(exc)))
+            return
+        await context.send_initial_metadata(())
         try:
             while True:
                 try:

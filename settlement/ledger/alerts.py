@@ -291,14 +291,15 @@ class AlertDesk:
         self.engine = engine
         self.clock = clock
 
-    def list(self, *, states: Sequence[str] = (), rule: str | None = None,
+    def list_alerts(self, *, states: Sequence[str] = (), rule: str | None = None,
              store: str | None = None, member_id: str | None = None,
              min_severity: str | None = None, page_size: int = 50,
              page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """Alerts newest first, filtered; returns (alerts, the next page's token or None)."""
         from settlement.watchdog import SEVERITIES
 
-        where, params = [], {}
+        where: list[str] = []
+        params: dict[str, Any] = {}
         for s in states:
             if s not in STATES:
                 raise RequestError("states", f"unknown state {s!r} (one of {', '.join(STATES)})")

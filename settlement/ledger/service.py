@@ -32,8 +32,14 @@ from settlement.allocation import allocate, apportion
 from settlement.errors import RequestError
 from settlement.rulebook import Rulebook
 from settlement.timeutil import format_instant, parse_instant
-from settlement.watchdog import Hit, RefundEvent, SettleEvent, evaluate_refund, \
-    evaluate_settlement, lost_card_hit
+from settlement.watchdog import (
+    Hit,
+    RefundEvent,
+    SettleEvent,
+    evaluate_refund,
+    evaluate_settlement,
+    lost_card_hit,
+)
 
 from . import alerts, pg_settle, schema
 from .errors import Conflict, Held, InsufficientBalance, LedgerError, NotFound
