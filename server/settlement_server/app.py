@@ -172,6 +172,15 @@ class _AioServer(Running):
 
 def _serve_here(config: ServerConfig, ready: Any = None) -> None:
     """One worker: serve until SIGTERM/SIGINT; SIGHUP reloads the rulebook."""
+    # Handlers first: a signal that comes while the server is starting is acted on once
+    # it is up (SIGHUP's default action would end the process). A worker of ``serve``
+    # starts with SIGHUP blocked (the parent's mask): one sent before this point is
+    # pending, and arrives here when unblocked.
+    stopped = threading.Event()
+    early: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda number, _frame: early.append(number))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     running = start(config)
     host = config.listen.rsplit(":", 1)[0]
     log.info("worker %d (%s) listening on %s:%d (rulebook %s)", os.getpid(), config.impl,
@@ -182,7 +191,6 @@ def _serve_here(config: ServerConfig, ready: Any = None) -> None:
         print(f"settlement serve: listening on {host}:{running.port}, rulebook "
               f"{running.core.ledger.rulebook.version}, database "
               f"{running.core.engine.url.render_as_string(hide_password=True)}", flush=True)
-    stopped = threading.Event()
 
     def terminate(signum: int, _frame: Any) -> None:
         log.info("worker %d: signal %d, draining (up to %.0f s)", os.getpid(), signum,
@@ -205,6 +213,8 @@ def _serve_here(config: ServerConfig, ready: Any = None) -> None:
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
     signal.signal(signal.SIGHUP, reload)
+    for number in early:
+        (reload if number == signal.SIGHUP else terminate)(number, None)
     while not stopped.wait(0.5):
         pass
     running.core.engine.dispose()
@@ -222,20 +232,28 @@ def serve(config: ServerConfig) -> int:
     ready = context.Queue()
     workers = [context.Process(target=_serve_here, args=(config, ready), daemon=False)
                for _ in range(config.workers)]
-    for worker in workers:
-        worker.start()
-    for _ in workers:
-        ready.get(timeout=60)
-    print(f"settlement serve: listening on {config.listen} with {config.workers} worker "
-          f"processes (SO_REUSEPORT)", flush=True)
 
     def forward(signum: int, _frame: Any) -> None:
         for worker in workers:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signum)
 
+    # Forwarding from the start: a worker already serving must hear a SIGHUP that comes
+    # while another one is still starting (and the parent must not die of it). The
+    # workers start with SIGHUP blocked (they inherit the mask), so one forwarded before
+    # a worker has its handler waits for it (see _serve_here).
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    for _ in workers:
+        ready.get(timeout=60)
+    print(f"settlement serve: listening on {config.listen} with {config.workers} worker "
+          f"processes (SO_REUSEPORT)", flush=True)
     for worker in workers:
         worker.join()
     return 0 if all(w.exitcode == 0 for w in workers) else 1
