@@ -254,3 +254,39 @@ def test_two_server_processes_raise_the_same_alerts_as_one(postgres_cluster, exa
     rules = {row[0] for row in seen[1][:-1]}
     assert {"high_value", "card_burst", "terminal_burst"} <= rules, seen[1]
     assert seen[2] == seen[1]
+
+
+def test_settlement_alerts_commands(api: Api, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from settlement.cli import main
+
+    risk_file, pos_file = tmp_path / "risk.token", tmp_path / "pos.token"
+    risk_file.write_text(api.tokens["risk"] + "\n")
+    pos_file.write_text(api.tokens["pos"] + "\n")
+    with api.client("pos") as pos:
+        pos.settle(BIG, key="s1")
+    (alert,), _ = api.ledger.alerts.list_alerts()
+    aid = alert["id"]
+
+    def run(*args: str, token: Path = risk_file) -> tuple[int, str, str]:
+        code = main(["alerts", "--target", api.target, "--token-file", str(token), *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, _ = run("list", "--state", "open")
+    assert code == 0 and aid in out and "high_value" in out
+    assert "payable_cents=6000.00" in out  # cents shown as money
+    code, out, _ = run("show", aid)
+    assert code == 0 and "S001/s1" in out and "watchdog" in out and "opened" in out
+    code, out, _ = run("ack", aid, "--assignee", "li.wei", "--note", "calling")
+    assert code == 0 and "acknowledged" in out and "li.wei" in out
+    code, out, _ = run("resolve", aid, "valuable", "--note", "a school's order")
+    assert code == 0 and "resolved, outcome valuable" in out
+    assert [e["actor"] for e in api.ledger.alerts.get(aid)["events"]][1:] == ["T-RISK"] * 2
+    code, _, err = run("ack", aid)
+    assert code == 1 and "FAILED_PRECONDITION" in err
+    code, _, err = run("list", token=pos_file)
+    assert code == 1 and "PERMISSION_DENIED" in err
+    with pytest.raises(SystemExit) as usage:
+        run("resolve", aid, "fine")
+    assert usage.value.code == 2

@@ -338,3 +338,20 @@ def test_alert_evidence_is_json_with_exact_integers(ledger: Ledger) -> None:
     with ledger.engine.connect() as conn:
         raw = conn.execute(select(schema.alerts.c.evidence)).scalar_one()
     assert json.loads(raw) == {"payable_cents": 999 * 10**8, "threshold_cents": 50_000}
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda d: d.list_alerts(rule="\x00"), "rule"),
+    (lambda d: d.list_alerts(store="S\x00"), "store"),
+    (lambda d: d.list_alerts(member_id="M" * 129), "member_id"),
+    (lambda d: d.list_alerts(page_token="1:A\x00"), "page_token"),
+    (lambda d: d.get("A\x00"), "alert_id"),
+    (lambda d: d.update("A\x00", "risk-1", "acknowledge"), "alert_id"),
+    (lambda d: d.update("A1", "risk-1", "note", note="\x00"), "note"),
+])
+def test_review_input_is_checked_before_the_database(ledger: Ledger, call: object,
+                                                     field: str) -> None:
+    """(PostgreSQL cannot store NUL: unchecked, these were INTERNAL errors over gRPC.)"""
+    with pytest.raises(RequestError) as bad:
+        call(ledger.alerts)  # type: ignore[operator]
+    assert bad.value.field == field

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -217,10 +217,11 @@ class PosClient:
             alert_id=alert_id, action=action, **fields))
 
     def watch_alerts(self, *, min_severity: str = "", store: str = "",
-                     after_event_id: int = 0) -> Iterator[pb.AlertEvent]:
-        """Alert events as they commit (a stream without a deadline: cancel it, or close
-        the client, to stop)."""
-        return self.risk.WatchAlerts(  # type: ignore[no-any-return]
+                     after_event_id: int = 0) -> Any:
+        """Alert events as they commit: a gRPC call to iterate for ``AlertEvent`` s, without
+        a deadline (``.cancel()`` it, or close the client, to stop). Its
+        ``initial_metadata()`` returns once the server has subscribed it."""
+        return self.risk.WatchAlerts(
             pb.WatchAlertsRequest(min_severity=min_severity, store=store,
                                   after_event_id=after_event_id), metadata=self.metadata)
 

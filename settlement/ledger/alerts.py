@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, text
 from settlement.errors import RequestError
 from settlement.watchdog import Facts, Hit, Watchdog
 
+from .checks import text_field
 from .errors import Conflict, NotFound
 
 #: The PostgreSQL channel a commit with new alert events notifies (payload: the new
@@ -300,6 +301,8 @@ class AlertDesk:
 
         where: list[str] = []
         params: dict[str, Any] = {}
+        for name, value in (("rule", rule), ("store", store), ("member_id", member_id)):
+            text_field(name, value, required=False)
         for s in states:
             if s not in STATES:
                 raise RequestError("states", f"unknown state {s!r} (one of {', '.join(STATES)})")
@@ -320,8 +323,8 @@ class AlertDesk:
         if page_token:
             try:
                 created, aid = page_token.split(":", 1)
-                params.update(tc=int(created), ti=aid)
-            except ValueError:
+                params.update(tc=int(created), ti=text_field("page_token", aid))
+            except (ValueError, RequestError):
                 raise RequestError("page_token", "is not a token this server gave") from None
             where.append("(created_us < :tc OR (created_us = :tc AND id < :ti))")
         sql = (_SELECT_ALERT + (" WHERE " + " AND ".join(where) if where else "")
@@ -334,6 +337,7 @@ class AlertDesk:
 
     def get(self, alert_id: str) -> dict[str, Any]:
         """One alert with its hits and its audit trail (oldest first)."""
+        text_field("alert_id", alert_id)
         with self.engine.connect() as conn:
             return self._get(SaDb(conn), alert_id)
 
@@ -363,6 +367,7 @@ class AlertDesk:
         return the alert as it is now. Resolving needs an ``outcome``; ``assign`` an
         ``assignee``; ``note`` a note; a step the alert's state does not allow is a
         :class:`Conflict`."""
+        text_field("alert_id", alert_id)
         if action not in TRANSITIONS:
             raise RequestError("action", f"must be one of {', '.join(TRANSITIONS)}")
         for name, value in (("actor", actor), ("assignee", assignee), ("note", note)):

@@ -42,6 +42,8 @@ from settlement.watchdog import (
 )
 
 from . import alerts, pg_settle, schema
+from .checks import int_field as _int
+from .checks import text_field as _text
 from .errors import Conflict, Held, InsufficientBalance, LedgerError, NotFound
 from .idempotency import claim, record, request_hash
 from .journal import SYSTEM_KINDS, Account, Transaction, account, balance, system
@@ -101,28 +103,6 @@ class PriceChanged(LedgerError):
     def __init__(self, expected: int, receipt: dict[str, Any]) -> None:
         super().__init__(f"price changed: expected {expected}, now {receipt['payable_cents']}")
         self.receipt = receipt
-
-
-def _text(field: str, value: Any, required: bool = True) -> Any:
-    """A code or id: a string of 1..128 characters (None allowed when not required)."""
-    if value is None and not required:
-        return None
-    if value is None:
-        raise RequestError(field, "required field is missing")
-    if not isinstance(value, str) or not 1 <= len(value) <= 128:
-        raise RequestError(field, "must be a string of 1..128 characters")
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL; no code or id needs one
-        raise RequestError(field, "must not contain NUL characters")
-    return value
-
-
-def _int(field: str, value: Any, lo: int, hi: int, required: bool = True) -> Any:
-    """An integer in ``lo..hi`` (JSON integers only: no bools, floats or strings)."""
-    if value is None and not required:
-        return None
-    if type(value) is not int or not lo <= value <= hi:
-        raise RequestError(field, f"must be an integer {lo}..{hi}")
-    return value
 
 
 INSTANT = (-(2**62), 2**62)  # microseconds: far beyond any real date, well inside int64
