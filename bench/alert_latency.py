@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
-import subprocess
 import sys
 import threading
 import time
@@ -35,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.grpc_vs_floor import free_port, serving  # noqa: E402
-from bench.ledger_vs_pgbench import LEDGER_DB, RULEBOOK, log, percentile  # noqa: E402
+from bench.grpc_vs_floor import start_server  # noqa: E402
+from bench.ledger_vs_pgbench import LEDGER_DB, log, percentile  # noqa: E402
 from settlement.ledger.db import create_ledger_engine  # noqa: E402
 from settlement.ledger.migrate import upgrade  # noqa: E402
 from settlement.ledger.terminals import add_terminal  # noqa: E402
@@ -118,18 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pos_token = add_terminal(engine, "TILL", "S001", "pos")
         risk_token = add_terminal(engine, "CONSOLE", "S001", "risk")
         engine.dispose()
-        target = f"127.0.0.1:{free_port()}"
-        log(f"settlement serve --workers {args.workers} --impl {args.impl} on {target}")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "settlement", "serve", "--listen", target, "--rulebook",
-             str(RULEBOOK), "--database-url", url, "--workers", str(args.workers),
-             "--impl", args.impl],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-        deadline = time.monotonic() + 60
-        while not serving(target):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
+        server, target = start_server(url, args.workers, args.impl)
         with PosClient(target, pos_token, timeout=30) as pos:
             for i in range(args.alerts):
                 pos.enroll(key=f"enrol-{i}", member_id=f"A{i}")

@@ -78,6 +78,26 @@ def serving(target: str) -> bool:
     return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def start_server(url: str, workers: int, impl: str,
+                 threads: int = 16) -> tuple[subprocess.Popen[bytes], str]:
+    """``settlement serve`` (the fast engine) on a free loopback port, once it is SERVING."""
+    target = f"127.0.0.1:{free_port()}"
+    log(f"settlement serve --impl {impl} --workers {workers} on {target}")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "settlement", "serve", "--listen", target, "--rulebook",
+         str(RULEBOOK), "--database-url", url, "--workers", str(workers),
+         "--threads", str(threads), "--impl", impl],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "SETTLEMENT_IMPL": "fast"})
+    deadline = time.monotonic() + 60
+    while not serving(target):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.2)
+    return server, target
+
+
 def requests_for(kind: str, seed: int, members: int) -> Any:
     """An endless supply of (method name, request) for ``kind``."""
     rng = random.Random(seed)
@@ -237,19 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         checkpoint(cluster)
         result["pgbench_before"] = pgbench_run(cluster, args.clients, 2, int(args.seconds))
         for n, impl in enumerate(args.impls.split(",")):
-            target = f"127.0.0.1:{free_port()}"
-            log(f"settlement serve --impl {impl} --workers {args.workers} on {target}")
-            server = subprocess.Popen(
-                [sys.executable, "-m", "settlement", "serve", "--listen", target, "--rulebook",
-                 str(RULEBOOK), "--database-url", url, "--workers", str(args.workers),
-                 "--threads", str(args.threads), "--impl", impl],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                env={**os.environ, "SETTLEMENT_IMPL": "fast"})
-            deadline = time.monotonic() + 60
-            while not serving(target):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.2)
+            server, target = start_server(url, args.workers, impl, args.threads)
             r: dict[str, Any] = {}
             log(f"{impl}: latency at low load: Ping / Quote walk-in / Quote member")
             r["latency"] = latency_rounds(target, token, args.seconds * 2, args.members)

@@ -275,7 +275,7 @@ class Sim:
         """A convenience-store basket: mostly few lines, mostly one unit each."""
         rng = self.rng
         if lines is None:
-            lines = min(15, 1 + int(rng.expovariate(1 / 3.0)))
+            lines = min(15, 1 + int(rng.expovariate(1 / 2.0)))
         pool = list(cats) if cats is not None else list(CATEGORIES)
         weights = [1 if c == "tobacco" else 4 for c in pool]
         out = []
