@@ -14,6 +14,7 @@ transaction, under the member's lock, and writes the alerts there too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -156,6 +157,7 @@ class Watchdog:
         r = self.rules[name]
         return r if self.enabled and r.enabled else None
 
+    @functools.cached_property
     def windows(self) -> dict[str, int]:
         """The look-back windows (microseconds) the ledger's facts query takes."""
         r = self.rules
@@ -238,7 +240,8 @@ class Facts:
 @dataclass(frozen=True, slots=True)
 class RefundEvent:
     """A refund (or void) being committed, and the member's refunds and spending in the
-    refund-abuse window before it."""
+    refund-abuse window before it. Money counts in the ratio only for purchases made in the
+    window (``net_cents`` is 0 when this refund's purchase is older)."""
 
     store: str
     member_id: str

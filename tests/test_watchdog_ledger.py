@@ -355,3 +355,24 @@ def test_review_input_is_checked_before_the_database(ledger: Ledger, call: objec
     with pytest.raises(RequestError) as bad:
         call(ledger.alerts)  # type: ignore[operator]
     assert bad.value.field == field
+
+
+def test_refund_ratio_counts_purchases_of_the_window_only(ledger: Ledger, clock: Clock,
+                                                          examples_dir: Path) -> None:
+    ledger.rulebook = settlement.rulebook_from_toml(
+        (examples_dir / "rulebook.toml").read_text()
+        + "[watchdog.refund_abuse]\ncount = 10\nratio_bp = 5000\nratio_min_count = 2\n")
+    day = 24 * 60 * MIN
+    clock.now = T0 - 10 * day
+    old = ledger.settle("S001", "old", basket(50_000, at=clock.now))["settlement_id"]
+    clock.now = T0 - day
+    small = ledger.settle("S001", "small", basket(10_000, at=clock.now))["settlement_id"]
+    large = ledger.settle("S001", "large", basket(30_000, at=clock.now))["settlement_id"]
+    clock.now = T0
+    ledger.refund("S001", "f-old", old)  # a return of a purchase older than the week
+    ledger.refund("S001", "f-small", small)  # 10,000 of the week's 40,000: 25 %
+    assert ledger.alerts.list_alerts(rule="refund_abuse")[0] == []
+    ledger.refund("S001", "f-large", large)  # 40,000 of 40,000
+    alert = only_alert(ledger, "refund_abuse")
+    assert alert["evidence"] == {"refunds": 3, "refunded_cents": 40_000,
+                                 "settled_cents": 40_000, "ratio_bp": 5000, "window_days": 7}

@@ -90,40 +90,43 @@ class PgDb:
 
 # ---------------------------------------------------------------- facts
 
-_MEMBER = "(SELECT id FROM m)"
-_IN = "at_us > :{since} AND at_us <= :at"
-
-#: What the settlement rules look back on, before the settlement being committed.
-FACTS_SQL = " ".join(f"""
+#: What the settlement rules look back on, before the settlement being committed: the
+#: member's settlements of the longest member window read once (index on member_id, at_us)
+#: and each window's count or sum taken from that one read with FILTER; the terminal's
+#: settlements and the member's recent points lots by their own indexes.
+FACTS_SQL = " ".join("""
 WITH m AS (SELECT coalesce(:member, (SELECT member_id FROM cards WHERE card_no = :card)) AS id)
-SELECT
- (SELECT count(*) FROM settlements WHERE member_id = {_MEMBER} AND {_IN.format(since='burst')}),
- (SELECT count(*) FROM settlements WHERE member_id = {_MEMBER} AND {_IN.format(since='day')}),
- (SELECT count(*) FROM settlements WHERE member_id = {_MEMBER} AND {_IN.format(since='history')}),
- (SELECT coalesce(max(payable_cents), 0) FROM settlements
-   WHERE member_id = {_MEMBER} AND {_IN.format(since='history')}),
+SELECT coalesce(a.burst, 0), coalesce(a.day, 0), coalesce(a.history, 0),
+ coalesce(a.history_max, 0),
  (SELECT count(*) FROM settlements
-   WHERE store = :store AND terminal = :terminal AND {_IN.format(since='terminal_since')}),
- (SELECT coalesce(sum(stored_value_cents), 0) FROM settlements
-   WHERE member_id = {_MEMBER} AND {_IN.format(since='drain')}),
- (SELECT coalesce(sum(points_redeemed), 0) FROM settlements
-   WHERE member_id = {_MEMBER} AND {_IN.format(since='burn')}),
+   WHERE store = :store AND terminal = :terminal AND at_us > :terminal_since AND at_us <= :at),
+ coalesce(a.drain, 0), coalesce(a.burn, 0),
  (SELECT coalesce(max(points), 0) FROM points_lots
-   WHERE member_id = {_MEMBER} AND created_us > :accrual),
- (SELECT count(DISTINCT store) FROM settlements
-   WHERE member_id = {_MEMBER} AND store <> :store AND {_IN.format(since='spread')})
+   WHERE member_id = (SELECT id FROM m) AND created_us > :accrual),
+ coalesce(a.spread, 0)
+FROM (SELECT count(*) FILTER (WHERE at_us > :burst) AS burst,
+             count(*) FILTER (WHERE at_us > :day) AS day,
+             count(*) FILTER (WHERE at_us > :history) AS history,
+             max(payable_cents) FILTER (WHERE at_us > :history) AS history_max,
+             sum(stored_value_cents) FILTER (WHERE at_us > :drain) AS drain,
+             sum(points_redeemed) FILTER (WHERE at_us > :burn) AS burn,
+             count(DISTINCT store) FILTER (WHERE at_us > :spread AND store <> :store) AS spread
+      FROM settlements
+      WHERE member_id = (SELECT id FROM m) AND at_us > :oldest AND at_us <= :at) a
 """.split())
 
 
 def facts_params(wd: Watchdog, member_id: str | None, card_no: str | None, store: str,
                  terminal: str | None, at: int) -> dict[str, Any]:
     """:data:`FACTS_SQL`'s parameters for a settlement at ``at``."""
-    w = wd.windows()
+    w = wd.windows
     return {"member": member_id, "card": card_no, "store": store, "terminal": terminal,
             "at": at, "burst": at - w["burst_us"], "day": at - w["day_us"],
             "history": at - w["history_us"], "terminal_since": at - w["terminal_us"],
             "drain": at - w["drain_us"], "burn": at - w["burn_us"],
-            "accrual": at - w["accrual_us"], "spread": at - w["spread_us"]}
+            "accrual": at - w["accrual_us"], "spread": at - w["spread_us"],
+            "oldest": at - max(w[k] for k in ("burst_us", "day_us", "history_us", "drain_us",
+                                               "burn_us", "spread_us"))}
 
 
 def facts_from_row(row: Sequence[Any]) -> Facts:
@@ -131,8 +134,11 @@ def facts_from_row(row: Sequence[Any]) -> Facts:
     return Facts(*(int(v) for v in row))
 
 
+#: The member's refunds in the window (all of them, for the count) and their money back
+#: on purchases made in the window, against what those purchases came to: a return of
+#: an older, larger purchase does not make this week's ratio.
 REFUND_FACTS_SQL = " ".join("""
-SELECT count(*), coalesce(sum(r.net_cents), 0),
+SELECT count(*), coalesce(sum(r.net_cents) FILTER (WHERE s.at_us > :since), 0),
  (SELECT coalesce(sum(payable_cents), 0) FROM settlements
    WHERE member_id = :member AND at_us > :since)
 FROM refunds r JOIN settlements s ON s.id = r.settlement_id
@@ -141,9 +147,9 @@ WHERE s.member_id = :member AND r.created_us > :since
 
 
 def refund_facts(db: Db, wd: Watchdog, member_id: str, now: int) -> tuple[int, int, int]:
-    """(refunds, refunded cents, settled cents) of a member within the refund-abuse window
-    before ``now``."""
-    since = now - wd.windows()["refund_us"]
+    """(refunds, refunded cents of purchases in the window, settled cents) of a member
+    within the refund-abuse window before ``now``."""
+    since = now - wd.windows["refund_us"]
     row = db.rows(REFUND_FACTS_SQL, {"member": member_id, "since": since})[0]
     return int(row[0]), int(row[1]), int(row[2])
 

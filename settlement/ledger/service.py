@@ -1054,7 +1054,7 @@ class Ledger:
             conn.execute(update(schema.settlements).where(schema.settlements.c.id == sid)
                          .values(status="voided"))
         if m is not None:
-            self._watch_refund(conn, store, key, m.id, totals["net"], rid,
+            self._watch_refund(conn, store, key, m.id, totals["net"], s.at_us, rid,
                                "void" if void else "refund", now)
         sv_back = totals["svp"] + totals["svb"]
         conn.execute(insert(schema.refunds).values(
@@ -1070,16 +1070,19 @@ class Ledger:
                 "coupons_returned": coupons_back, "voided": void}
 
     def _watch_refund(self, conn: Connection, store: str, key: str, member_id: str,
-                      net_cents: int, rid: str, operation: str, now: int) -> None:
+                      net_cents: int, sold_at: int, rid: str, operation: str,
+                      now: int) -> None:
         """The refund-abuse rule, inside the refund's transaction (before its row is
-        written, so the facts are the refunds before it)."""
+        written, so the facts are the refunds before it). ``sold_at``: when the refunded
+        settlement was made (its money counts in the ratio only inside the window)."""
         wd = self.rulebook.watchdog
         if wd.rule("refund_abuse") is None:
             return
         db = alerts.SaDb(conn)
         count, refunded, settled = alerts.refund_facts(db, wd, member_id, now)
-        hits = evaluate_refund(wd, RefundEvent(store, member_id, net_cents, count, refunded,
-                                               settled))
+        recent = sold_at > now - wd.windows["refund_us"]
+        hits = evaluate_refund(wd, RefundEvent(store, member_id, net_cents if recent else 0,
+                                               count, refunded, settled))
         if any(h.action == "hold" for h in hits):
             raise _Hold(hits, member_id, None)
         if hits:
