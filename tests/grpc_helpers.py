@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from settlement.ledger.db import create_ledger_engine
 from settlement.ledger.migrate import upgrade
@@ -17,6 +24,7 @@ from settlement_pos import PosClient
 from settlement_server.app import Running, start
 from settlement_server.config import ServerConfig
 from settlement_server.service import Core
+from tests.pgcluster import _free_port
 
 from .test_ledger_service import spec_member  # noqa: F401 - the spec's member, as state
 from .test_ledger_service import spec_settle_request as spec_basket  # noqa: F401
@@ -69,3 +77,45 @@ def api_server(url: str, examples_dir: Path, tmp_path: Path, impl: str = "sync",
     finally:
         running.stop(0).wait()
         engine.dispose()
+
+
+def serving(target: str) -> bool:
+    """The server at ``target`` answers its health check with SERVING."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@contextmanager
+def serve_process(url: str, rulebook: Path, workers: int = 1,
+                  impl: str = "sync") -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``settlement serve`` as a process on a migrated database with a POS terminal (T1,
+    store S001): yields (process, target, token) once it is SERVING; killed at the end if
+    the test left it running."""
+    cli = [sys.executable, "-m", "settlement"]
+    subprocess.run([*cli, "migrate", "--database-url", url], check=True, timeout=120,
+                   capture_output=True)
+    token = subprocess.run([*cli, "terminals", "add", "T1", "--store", "S001", "--role", "pos",
+                            "--database-url", url], check=True, timeout=120,
+                           capture_output=True, text=True).stdout.strip()
+    target = f"127.0.0.1:{_free_port()}"
+    server = subprocess.Popen([*cli, "serve", "--listen", target, "--rulebook", str(rulebook),
+                               "--database-url", url, "--workers", str(workers),
+                               "--impl", impl],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not serving(target):
+            assert server.poll() is None, server.communicate()
+            assert time.monotonic() < deadline, "server never became SERVING"
+            time.sleep(0.2)
+        yield server, target, token
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -9,8 +9,6 @@ import json
 import os
 import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,8 +22,7 @@ from settlement.v1 import settlement_pb2 as pb
 from settlement_pos import PosClient
 from settlement_pos.client import error_details
 
-from .grpc_helpers import Api, api_server
-from .test_grpc_server import _free_port, _serving
+from .grpc_helpers import Api, api_server, serve_process
 
 BIG = {"member_id": "M1", "lines": [{"sku": "TV", "category": "grain",
                                      "unit_price_cents": 600_000, "quantity": 1}]}
@@ -183,27 +180,6 @@ def test_streams_end_when_the_server_stops(api: Api) -> None:
         assert not watch.thread.is_alive()
 
 
-def _serve(tmp_path: Path, url: str, rulebook: Path, workers: int) -> tuple[subprocess.Popen[str],
-                                                                             str, str]:
-    cli = [sys.executable, "-m", "settlement"]
-    subprocess.run([*cli, "migrate", "--database-url", url], check=True, timeout=120,
-                   capture_output=True)
-    token = subprocess.run([*cli, "terminals", "add", "T1", "--store", "S001", "--role", "pos",
-                            "--database-url", url], check=True, timeout=120,
-                           capture_output=True, text=True).stdout.strip()
-    target = f"127.0.0.1:{_free_port()}"
-    server = subprocess.Popen([*cli, "serve", "--listen", target, "--rulebook", str(rulebook),
-                               "--database-url", url, "--workers", str(workers)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
-    while not _serving(target):
-        assert server.poll() is None, server.communicate()
-        assert time.monotonic() < deadline, "server never became SERVING"
-        time.sleep(0.2)
-    return server, target, token
-
-
 def _script(target: str, token: str) -> None:
     """The same checkouts, each on a new connection: the kernel spreads connections over the
     worker processes (SO_REUSEPORT; 20 connections all landing on one of two workers has a
@@ -244,10 +220,8 @@ def test_two_server_processes_raise_the_same_alerts_as_one(postgres_cluster, exa
         name = f"w{workers}_{os.getpid()}_{int(time.time())}"
         postgres_cluster.create_database(name)
         url = postgres_cluster.url(dbname=name)
-        server, target, token = _serve(tmp_path, url, rulebook, workers)
-        try:
+        with serve_process(url, rulebook, workers) as (server, target, token):
             _script(target, token)
-        finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
         seen[workers] = _alerts(url)

@@ -3,7 +3,6 @@ reload under traffic, and ``settlement serve`` as a process (SIGHUP, SIGTERM).""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,13 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 
 from settlement.ledger import schema
 from settlement_pos import PosClient
 
-from .grpc_helpers import Api, api_server
+from .grpc_helpers import Api, api_server, serve_process, serving
 
 
 @pytest.fixture(params=["sync", "aio"])
@@ -161,22 +159,6 @@ def test_rulebook_reload_under_traffic(api: Api, examples_dir: Path) -> None:
             == "reloaded-2"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serving(target: str) -> bool:
-    with grpc.insecure_channel(target) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.RpcError:
-            return False
-    return answer.status == health_pb2.HealthCheckResponse.SERVING
-
-
 @pytest.mark.parametrize(("workers", "impl"), [(1, "sync"), (2, "sync"), (1, "aio")])
 def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
         tmp_path: Path, examples_dir: Path, workers: int, impl: str) -> None:
@@ -184,24 +166,7 @@ def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
     text = (examples_dir / "rulebook.toml").read_text()
     rulebook.write_text(text)
     url = f"sqlite:///{tmp_path}/serve.db"
-    cli = [sys.executable, "-m", "settlement"]
-    subprocess.run([*cli, "migrate", "--database-url", url], check=True, timeout=120,
-                   capture_output=True)
-    token = subprocess.run([*cli, "terminals", "add", "T1", "--store", "S001", "--role", "pos",
-                            "--database-url", url], check=True, timeout=120,
-                           capture_output=True, text=True).stdout.strip()
-    target = f"127.0.0.1:{_free_port()}"
-    server = subprocess.Popen([*cli, "serve", "--listen", target, "--rulebook", str(rulebook),
-                               "--database-url", url, "--workers", str(workers),
-                               "--impl", impl],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.monotonic() + 60
-        while not _serving(target):
-            assert server.poll() is None, server.communicate()
-            assert time.monotonic() < deadline, "server never became SERVING"
-            time.sleep(0.2)
+    with serve_process(url, rulebook, workers, impl) as (server, target, token):
         basket = {"lines": [{"sku": "A", "category": "grain", "unit_price_cents": 1000,
                              "quantity": 1}]}
         with PosClient(target, token) as pos:
@@ -216,11 +181,7 @@ def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
         assert settled.receipt.rulebook_version == "hup-2"
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
-        assert not _serving(target)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        assert not serving(target)
 
 
 @pytest.fixture(params=["sync", "aio"])

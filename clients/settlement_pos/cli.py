@@ -70,6 +70,15 @@ def format_receipt(spec: dict[str, Any], r: pb.Receipt, settlement_id: str = "")
     return "\n".join(out)
 
 
+def connection_arguments(parser: argparse.ArgumentParser, whose: str) -> None:
+    """``--target``, ``--token-file`` (``whose`` token) and ``--timeout``."""
+    parser.add_argument("--target", default=os.environ.get("SETTLEMENT_TARGET",
+                                                           "127.0.0.1:50051"))
+    parser.add_argument("--token-file", help=f"file holding {whose}'s token "
+                        "(default: $SETTLEMENT_TOKEN)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="deadline per call, s")
+
+
 def _token(args: argparse.Namespace) -> str:
     if args.token_file:
         with open(args.token_file, encoding="utf-8") as handle:
@@ -94,11 +103,7 @@ def _refused(exc: grpc.RpcError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``settlement-pos``."""
     parser = argparse.ArgumentParser(prog="settlement-pos", description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default=os.environ.get("SETTLEMENT_TARGET",
-                                                           "127.0.0.1:50051"))
-    parser.add_argument("--token-file", help="file holding the terminal token "
-                        "(default: $SETTLEMENT_TOKEN)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="deadline per call, s")
+    connection_arguments(parser, "the terminal")
     sub = parser.add_subparsers(dest="command", required=True)
     co = sub.add_parser("checkout", help="quote a basket, and settle it with --settle")
     co.add_argument("basket", help="basket JSON file, or - for stdin")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -25,7 +24,7 @@ import grpc
 
 from settlement.v1 import settlement_pb2 as pb
 
-from .cli import _refused, _token, money
+from .cli import _refused, _token, connection_arguments, money
 from .client import PosClient
 
 
@@ -73,11 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``settlement alerts``."""
     parser = argparse.ArgumentParser(prog="settlement alerts",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default=os.environ.get("SETTLEMENT_TARGET",
-                                                           "127.0.0.1:50051"))
-    parser.add_argument("--token-file", help="file holding a risk terminal's token "
-                        "(default: $SETTLEMENT_TOKEN)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="deadline per call, s")
+    connection_arguments(parser, "a risk terminal")
     sub = parser.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="alerts, newest first")
     ls.add_argument("--state", action="append", default=[],
