@@ -187,14 +187,22 @@ class Ledger:
                                  None, self.rulebook.version, self.clock())
             with self.engine.begin() as conn:
                 ids = alerts.record(alerts.SaDb(conn), hold.hits, ctx)
-            what = "; ".join(f"{h.rule} (alert {a})" for h, a in zip(hold.hits, ids,
-                                                                     strict=True)
-                             if h.action == "hold")
+            held = [(h.rule, a) for h, a in zip(hold.hits, ids, strict=True)
+                    if h.action == "hold"]
             reason = (f"card {hold.card_no!r} is reported lost"
                       if hold.hits[0].rule == "lost_card" else "refused by the watchdog")
-            raise Held(f"{reason}; held for review: {what}",
-                       [a for h, a in zip(hold.hits, ids, strict=True) if h.action == "hold"],
-                       [h.rule for h in hold.hits if h.action == "hold"]) from None
+            what = "; ".join(f"{rule} (alert {a})" for rule, a in held)
+            raise Held(f"{reason}; held for review: {what}", [a for _, a in held],
+                       [rule for rule, _ in held]) from None
+
+    @staticmethod
+    def _hold_or_record(db: alerts.Db, hits: list[Hit], ctx: alerts.Context) -> None:
+        """A hold among ``hits`` raises :class:`_Hold` (the transaction rolls back);
+        otherwise the alerts are written in the operation's transaction."""
+        if any(h.action == "hold" for h in hits):
+            raise _Hold(hits, ctx.member_id, ctx.card_no)
+        if hits:
+            alerts.record(db, hits, ctx)
 
     def _watch_settlement(self, db: alerts.Db, plan: SettlePlan, snap: MemberSnapshot | None,
                           store: str, terminal: str | None, req: Mapping[str, Any], at: int,
@@ -216,13 +224,9 @@ class Ledger:
             snap.balance("sv_principal") + snap.balance("sv_bonus") if snap else 0,
             snap.usable if snap else 0)
         hits = evaluate_settlement(wd, event, alerts.facts_from_row(facts_row))
-        if not hits:
-            return
-        if any(h.action == "hold" for h in hits):
-            raise _Hold(hits, member_id, req.get("card_no"))
-        alerts.record(db, hits, alerts.Context(store, terminal, member_id, req.get("card_no"),
-                                               ref, "settle", plan.sid, self.rulebook.version,
-                                               now))
+        self._hold_or_record(db, hits, alerts.Context(
+            store, terminal, member_id, req.get("card_no"), ref, "settle", plan.sid,
+            self.rulebook.version, now))
 
     @staticmethod
     def _receipt_of(conn: Connection, stored: dict[str, Any]) -> dict[str, Any]:
@@ -534,7 +538,7 @@ class Ledger:
             return self._holding(store, terminal, ref, "settle", lambda:
                                  self._once_more_if_disconnected(
                                      lambda: self._settle_pg(store, key, digest, payload,
-                                                             terminal)))
+                                                             terminal, ref)))
 
         def body(conn: Connection, now: int) -> dict[str, Any]:
             return self._settle(conn, now, store, terminal, payload, ref)
@@ -605,9 +609,9 @@ class Ledger:
         return plan.response
 
     def _settle_pg(self, store: str, key: str, digest: str, req: dict[str, Any],
-                   terminal: str | None) -> dict[str, Any]:
+                   terminal: str | None, ref: str) -> dict[str, Any]:
         """The PostgreSQL path: the same checks and plan in three round trips
-        (:mod:`settlement.ledger.pg_settle`)."""
+        (:mod:`settlement.ledger.pg_settle`); ``ref`` names the request in alerts."""
         with self._psycopg() as pg:
             now = self.clock()
             # (the instant is checked against the clock after the claim: a replay of an
@@ -637,7 +641,7 @@ class Ledger:
             plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure,
                                          more_lots)
             self._watch_settlement(alerts.PgDb(pg), plan, snap, store, terminal, req, at, now,
-                                   f"{store}/{key}", facts_row)
+                                   ref, facts_row)
             pg_settle.write(pg, plan, store, key, now)
             pg.commit()
             return plan.response
@@ -816,20 +820,16 @@ class Ledger:
         if payload.get("member_id") is None and payload.get("card_no") is None:
             return settlement.quote(self.rulebook, self._quote_request(None, store, payload, at))
 
-        if self.engine.dialect.name == "postgresql":
-            def run() -> dict[str, Any]:
-                return self._once_more_if_disconnected(lambda: self._quote_pg(store, payload, at))
-        else:
-            def run() -> dict[str, Any]:
-                def read() -> dict[str, Any]:
-                    with self.engine.connect() as conn:
-                        snap = self._snapshot_of(conn, payload, lock=False, at=at)
-                    return settlement.quote(self.rulebook,
-                                            self._quote_request(snap, store, payload, at))
-                return self._once_more_if_disconnected(read)
+        def read() -> dict[str, Any]:
+            if self.engine.dialect.name == "postgresql":
+                return self._quote_pg(store, payload, at)
+            with self.engine.connect() as conn:
+                snap = self._snapshot_of(conn, payload, lock=False, at=at)
+            return settlement.quote(self.rulebook, self._quote_request(snap, store, payload, at))
 
         # A quote with a lost card is a use of it: refused and alerted like a settle.
-        return self._holding(store, terminal, f"{store}/quote:{uuid.uuid4().hex}", "quote", run)
+        return self._holding(store, terminal, f"{store}/quote:{uuid.uuid4().hex}", "quote",
+                             lambda: self._once_more_if_disconnected(read))
 
     def _quote_pg(self, store: str, req: dict[str, Any], at: int) -> dict[str, Any]:
         """Quote on PostgreSQL: the member read in one round trip, no transaction."""
@@ -1083,12 +1083,9 @@ class Ledger:
         recent = sold_at > now - wd.windows["refund_us"]
         hits = evaluate_refund(wd, RefundEvent(store, member_id, net_cents if recent else 0,
                                                count, refunded, settled))
-        if any(h.action == "hold" for h in hits):
-            raise _Hold(hits, member_id, None)
-        if hits:
-            alerts.record(db, hits, alerts.Context(store, None, member_id, None,
-                                                   f"{store}/{key}", operation, rid,
-                                                   self.rulebook.version, now))
+        self._hold_or_record(db, hits, alerts.Context(store, None, member_id, None,
+                                                      f"{store}/{key}", operation, rid,
+                                                      self.rulebook.version, now))
 
     # ------------------------------------------------------------------ recharge reversal
 
