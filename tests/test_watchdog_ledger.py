@@ -376,3 +376,18 @@ def test_refund_ratio_counts_purchases_of_the_window_only(ledger: Ledger, clock:
     alert = only_alert(ledger, "refund_abuse")
     assert alert["evidence"] == {"refunds": 3, "refunded_cents": 40_000,
                                  "settled_cents": 40_000, "ratio_bp": 5000, "window_days": 7}
+
+
+def test_verify_checks_the_alert_record(ledger: Ledger) -> None:
+    ledger.settle("S001", "s1", basket(60_000))
+    ledger.settle("S001", "s2", basket(60_000))
+    with ledger.engine.connect() as conn:
+        assert verify(conn) is None
+        conn.execute(schema.alert_hits.delete().where(schema.alert_hits.c.ref == "S001/s2"))
+        problem = verify(conn)
+        assert problem is not None and "hit count differs" in problem, problem
+        conn.rollback()
+        conn.execute(schema.alert_hits.update().values(alert_id="A-gone"))
+        problem = verify(conn)
+        assert problem is not None and "belongs to no alert" in problem, problem
+        conn.rollback()

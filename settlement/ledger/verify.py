@@ -6,7 +6,8 @@ foreign keys, for throughput); every transaction sums to zero per asset;
 every posting's asset is its account's; every member account's cached
 balance equals the sum of its postings and is not negative; every member's
 points lots add up to the points account; every settlement's lines add up
-to its totals.
+to its totals; every alert hit's alert exists and each alert's hit count is
+its number of hits.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ CHECKS: list[tuple[str, str]] = [
      "OR l.r <> s.rounding_cents OR l.k <> s.count_card_cents OR l.v <> s.stored_value_cents "
      "OR l.b <> s.sv_bonus_cents OR l.e <> s.points_earned OR l.pr <> s.points_redeemed "
      "ORDER BY s.id LIMIT 1"),
+    # The watchdog's record (migration 0005): every hit under an alert, counted on it.
+    ("an alert hit belongs to no alert",
+     "SELECT h.alert_id, h.ref FROM alert_hits h LEFT JOIN alerts a ON a.id = h.alert_id "
+     "WHERE a.id IS NULL ORDER BY h.alert_id, h.ref LIMIT 1"),
+    ("an alert's hit count differs from its hits",
+     "SELECT a.id, a.hits, COUNT(h.ref) FROM alerts a LEFT JOIN alert_hits h "
+     "ON h.alert_id = a.id GROUP BY a.id, a.hits HAVING a.hits <> COUNT(h.ref) "
+     "ORDER BY a.id LIMIT 1"),
 ]
 
 
