@@ -78,7 +78,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"settlement verify: FAILED: {problem}", file=sys.stderr)
         return 1
     print("settlement verify: ok (journal balanced per asset, balances match postings, "
-          "no negative balance, lots match points, settlements add up)")
+          "no negative balance, lots match points, settlements add up, alert hits counted)")
     return 0
 
 
