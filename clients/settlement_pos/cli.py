@@ -89,8 +89,8 @@ def _token(args: argparse.Namespace) -> str:
     return token
 
 
-def _refused(exc: grpc.RpcError) -> int:
-    print(f"settlement-pos: refused: {exc.code().name}: {exc.details()}",  # type: ignore[attr-defined]
+def _refused(exc: grpc.RpcError, prog: str = "settlement-pos") -> int:
+    print(f"{prog}: refused: {exc.code().name}: {exc.details()}",  # type: ignore[attr-defined]
           file=sys.stderr)
     for detail in error_details(exc):
         if isinstance(detail, pb.SettleResponse):

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _run(risk, args)
         except grpc.RpcError as exc:
-            return _refused(exc)
+            return _refused(exc, "settlement alerts")
 
 
 def _run(risk: PosClient, args: argparse.Namespace) -> int:
