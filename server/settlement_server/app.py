@@ -33,6 +33,7 @@ from settlement.v1 import settlement_pb2 as pb
 from settlement.v1 import settlement_pb2_grpc as pb_grpc
 
 from .config import ServerConfig
+from .malformed import add_guarded
 from .risk import RiskServicer, aio_risk_servicer
 from .service import Core, MemberServicer, SettlementServicer
 
@@ -95,9 +96,11 @@ def start(config: ServerConfig, core: Core | None = None) -> Running:
 def _wire(server: Any, config: ServerConfig, settlements: Any, members: Any, risk: Any,
           health_servicer: Any) -> int:
     """Add the services, health and reflection to a sync or aio server and bind its port."""
-    pb_grpc.add_SettlementServiceServicer_to_server(settlements, server)
-    pb_grpc.add_MemberServiceServicer_to_server(members, server)
-    pb_grpc.add_RiskServiceServicer_to_server(risk, server)
+    aio = isinstance(server, grpc.aio.Server)
+    for add, servicer in ((pb_grpc.add_SettlementServiceServicer_to_server, settlements),
+                          (pb_grpc.add_MemberServiceServicer_to_server, members),
+                          (pb_grpc.add_RiskServiceServicer_to_server, risk)):
+        add_guarded(add, servicer, server, aio)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
