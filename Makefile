@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml setup.py $(wildcard settlement/_fast/*.pyx) $(wildcard proto/settlement/v1/*.proto)
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench drills lint clean
 
 $(STAMP): $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 test: lint
 	$(PY) -m pytest tests -q
 	$(PY) -m pytest bench -q --benchmark-disable
+
+# The reliability drills, long version (the short one is part of `make test`).
+drills: $(STAMP)
+	SETTLEMENT_DRILLS=long $(PY) -m pytest tests/drills -q
 
 bench: $(STAMP)
 	mkdir -p bench/results
