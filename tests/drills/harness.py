@@ -188,6 +188,9 @@ def check_ledger(url: str, record: Record, recharges_before: int) -> list[str]:
     """The ledger against the tills' record (``recharges_before``: made by the set-up,
     already in ``record.sv``); returns what was checked (raises on a violation, naming
     it)."""
+    cli = subprocess.run([sys.executable, "-m", "settlement", "verify", "--database-url", url],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
     engine = create_ledger_engine(url)
     try:
         with engine.connect() as conn:
@@ -233,7 +236,7 @@ def check_ledger(url: str, record: Record, recharges_before: int) -> list[str]:
             held[a.owner] += a.balance
     off = {m: (held[m], cents) for m, cents in record.sv.items() if held[m] != cents}
     assert not off, f"stored value differs from what the tills were told: {off}"
-    return [f"settlement verify: ok; assets conserved: {sorted(by_asset)} sum to 0",
+    return [f"`settlement verify`: exit 0; assets conserved: {sorted(by_asset)} each sum to 0",
             f"{len(record.settled)} acknowledged settlements all in the journal once; "
             f"{len(keys)} settle keys = {len(sids)} settlements (none without its key, "
             f"none twice); {len(record.attempted) - len(record.settled)} settle keys "
