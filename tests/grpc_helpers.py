@@ -103,15 +103,21 @@ def serve_process(url: str, rulebook: Path, workers: int = 1,
                             "--database-url", url], check=True, timeout=120,
                            capture_output=True, text=True).stdout.strip()
     target = f"127.0.0.1:{_free_port()}"
-    server = subprocess.Popen([*cli, "serve", "--listen", target, "--rulebook", str(rulebook),
-                               "--database-url", url, "--workers", str(workers),
-                               "--impl", impl],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # The server's output goes to a file: a pipe nobody reads would fill and block it.
+    log_path = rulebook.parent / f"serve-{target.rsplit(':', 1)[1]}.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([*cli, "serve", "--listen", target, "--rulebook",
+                                   str(rulebook), "--database-url", url, "--workers",
+                                   str(workers), "--impl", impl],
+                                  stdout=log, stderr=log, text=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
+        # Ready when every worker listens (the line `serve` prints then), not merely when
+        # the first of several answers health checks.
         deadline = time.monotonic() + 60
-        while not serving(target):
-            assert server.poll() is None, server.communicate()
+        while "settlement serve: listening" not in log_path.read_text() \
+                or not serving(target):
+            assert server.poll() is None, log_path.read_text()[-4000:]
             assert time.monotonic() < deadline, "server never became SERVING"
             time.sleep(0.2)
         yield server, target, token

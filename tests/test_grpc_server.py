@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from settlement.ledger import schema
 from settlement_pos import PosClient
 
-from .grpc_helpers import Api, api_server, serve_process, serving
+from .grpc_helpers import Api, _free_port, api_server, serve_process, serving
 
 
 @pytest.fixture(params=["sync", "aio"])
@@ -174,7 +174,10 @@ def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
             rulebook.write_text(text.replace(f'version = "{old}"', 'version = "hup-2"'))
             server.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 20
-            while pos.quote(basket).rulebook_version != "hup-2":  # every worker reloads
+            log = tmp_path / f"serve-{target.rsplit(':', 1)[1]}.log"
+            # Every worker reloads (one connection reaches one worker: its log says so).
+            while log.read_text().count("rulebook reloaded, version hup-2") < workers \
+                    or pos.quote(basket).rulebook_version != "hup-2":
                 assert time.monotonic() < deadline, "SIGHUP did not reload the rulebook"
                 time.sleep(0.1)
             settled = pos.settle(basket, key="k1")
@@ -182,6 +185,53 @@ def test_settlement_serve_reloads_on_sighup_and_drains_on_sigterm(
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
         assert not serving(target)
+        assert log.read_text().count("stopped") == workers
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The pids of ``pid``'s children that are multiprocessing spawn workers."""
+    found = []
+    for task in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (task / "stat").read_text()
+            cmdline = (task / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(task.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("delay", [0.0, 0.3, 0.8])
+def test_sigterm_while_workers_start_stops_cleanly(tmp_path: Path, examples_dir: Path,
+                                                   delay: float) -> None:
+    """SIGTERM sent while the workers are still starting (importing, binding): each
+    worker holds it until it can drain, and ``serve`` exits 0 at once rather than
+    waiting for a worker the signal killed (it used to wait 60 s and exit 1)."""
+    url = f"sqlite:///{tmp_path}/serve.db"
+    subprocess.run([sys.executable, "-m", "settlement", "migrate", "--database-url", url],
+                   check=True, timeout=120, capture_output=True)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "settlement", "serve", "--listen",
+             f"127.0.0.1:{_free_port()}",
+             "--rulebook", str(examples_dir / "rulebook.toml"), "--database-url", url,
+             "--workers", "2"], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while not _spawned_workers(server.pid):  # the parent's handlers are in by now
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no worker was spawned"
+            time.sleep(0.01)
+        time.sleep(delay)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0, log.read_text()[-4000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 @pytest.fixture(params=["sync", "aio"])

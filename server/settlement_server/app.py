@@ -17,9 +17,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ from .risk import RiskServicer, aio_risk_servicer
 from .service import Core, MemberServicer, SettlementServicer
 
 log = logging.getLogger("settlement_server")
+
+_CONTROL_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name
                  for name in ("SettlementService", "MemberService", "RiskService"))
@@ -176,14 +180,16 @@ class _AioServer(Running):
 def _serve_here(config: ServerConfig, ready: Any = None) -> None:
     """One worker: serve until SIGTERM/SIGINT; SIGHUP reloads the rulebook."""
     # Handlers first: a signal that comes while the server is starting is acted on once
-    # it is up (SIGHUP's default action would end the process). A worker of ``serve``
-    # starts with SIGHUP blocked (the parent's mask): one sent before this point is
-    # pending, and arrives here when unblocked.
+    # it is up (SIGHUP's default action would end the process, and a SIGTERM that killed
+    # a starting worker would leave the parent waiting for it). A worker of ``serve``
+    # starts with these signals blocked (the parent's mask, kept across exec): one sent
+    # before this point is pending, and arrives here when unblocked.
+    _log_to_stderr()
     stopped = threading.Event()
     early: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in _CONTROL_SIGNALS:
         signal.signal(signum, lambda number, _frame: early.append(number))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
     running = start(config)
     host = config.listen.rsplit(":", 1)[0]
     log.info("worker %d (%s) listening on %s:%d (rulebook %s)", os.getpid(), config.impl,
@@ -224,10 +230,15 @@ def _serve_here(config: ServerConfig, ready: Any = None) -> None:
     log.info("worker %d stopped", os.getpid())
 
 
-def serve(config: ServerConfig) -> int:
-    """Run ``config.workers`` worker processes (or this one) until told to stop."""
+def _log_to_stderr() -> None:
+    # A spawned worker does not inherit the parent's logging setup.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def serve(config: ServerConfig) -> int:
+    """Run ``config.workers`` worker processes (or this one) until told to stop."""
+    _log_to_stderr()
     if config.workers == 1:
         _serve_here(config)
         return 0
@@ -235,28 +246,53 @@ def serve(config: ServerConfig) -> int:
     ready = context.Queue()
     workers = [context.Process(target=_serve_here, args=(config, ready), daemon=False)
                for _ in range(config.workers)]
+    told: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
+        told.append(signum)
         for worker in workers:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signum)
 
-    # Forwarding from the start: a worker already serving must hear a SIGHUP that comes
+    # Forwarding from the start: a worker already serving must hear a signal that comes
     # while another one is still starting (and the parent must not die of it). The
-    # workers start with SIGHUP blocked (they inherit the mask), so one forwarded before
-    # a worker has its handler waits for it (see _serve_here).
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    # workers start with the control signals blocked (they inherit the mask), so one
+    # forwarded before a worker has its handlers waits for it (see _serve_here).
+    for signum in _CONTROL_SIGNALS:
         signal.signal(signum, forward)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_BLOCK, _CONTROL_SIGNALS)
     try:
         for worker in workers:
             worker.start()
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    for _ in workers:
-        ready.get(timeout=60)
-    print(f"settlement serve: listening on {config.listen} with {config.workers} worker "
-          f"processes (SO_REUSEPORT)", flush=True)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
+    if _all_ready(workers, ready, told, timeout=60.0):
+        print(f"settlement serve: listening on {config.listen} with {config.workers} "
+              f"worker processes (SO_REUSEPORT)", flush=True)
     for worker in workers:
         worker.join()
     return 0 if all(w.exitcode == 0 for w in workers) else 1
+
+
+def _all_ready(workers: list[Any], ready: Any, told: list[int], timeout: float) -> bool:
+    """Wait until every worker is listening; give up (stopping the others) when one dies
+    first or none is ready in time. A stop signal ends the wait: the workers drain."""
+    deadline = time.monotonic() + timeout
+    pending = len(workers)
+    while pending:
+        if any(s != signal.SIGHUP for s in told):
+            return False
+        try:
+            ready.get(timeout=0.2)
+            pending -= 1
+            continue
+        except queue.Empty:
+            pass
+        if any(w.exitcode is not None for w in workers) or time.monotonic() > deadline:
+            log.error("a worker exited or did not start in %.0f s; stopping the others",
+                      timeout)
+            for worker in workers:
+                if worker.is_alive():
+                    os.kill(worker.pid, signal.SIGTERM)
+            return False
+    return True
