@@ -139,6 +139,27 @@ def test_a_hold_names_its_alert_and_risk_staff_review_it(api: Api) -> None:
         assert code_of(missing) == grpc.StatusCode.NOT_FOUND
 
 
+def test_refusals_do_not_echo_huge_values(api: Api) -> None:
+    """A refusal quoting a 10,000-character value stays INVALID_ARGUMENT / NOT_FOUND with
+    a short message: echoed whole, its trailers passed the client's 16 KiB metadata limit
+    and the till saw RESOURCE_EXHAUSTED (found by the hostile-client drill)."""
+    huge = "x" * 10_000
+    with api.client("risk") as risk:
+        for request, method, code in (
+                (pb.ListAlertsRequest(states=[huge]), risk.risk.ListAlerts,
+                 grpc.StatusCode.INVALID_ARGUMENT),
+                (pb.ListAlertsRequest(min_severity=huge), risk.risk.ListAlerts,
+                 grpc.StatusCode.INVALID_ARGUMENT),
+                (pb.GetAlertRequest(alert_id=huge), risk.risk.GetAlert, None)):
+            with pytest.raises(grpc.RpcError) as refused:
+                risk.call(method, request)
+            assert code_of(refused) in ((code,) if code else (
+                grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND))
+            assert len(refused.value.details()) <= 512  # type: ignore[attr-defined]
+            for detail in error_details(refused.value):
+                assert detail.ByteSize() < 2048
+
+
 def test_watch_alerts_delivers_as_alerts_commit(api: Api) -> None:
     with api.client("pos") as pos, api.client("risk") as risk:
         everything = Watch(risk)

@@ -58,9 +58,20 @@ class Refusal(Exception):
         self.status = status
 
 
+# Messages may quote what the client sent; the status travels in the trailers, which
+# a client refuses past its metadata limit (16 KiB by default in grpcio), so a refusal
+# that echoed a huge field would reach the client as RESOURCE_EXHAUSTED instead.
+MAX_MESSAGE_CHARS = 512
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (marked), for messages sent back."""
+    return text if len(text) <= limit else text[:limit - 15] + "... (truncated)"
+
+
 def refusal(code: int, message: str, details: Iterable[Message] = ()) -> Refusal:
     """A :class:`Refusal` with a rich status (``google.rpc.Status`` in the trailers)."""
-    status = status_pb2.Status(code=code, message=message)
+    status = status_pb2.Status(code=code, message=clip(message))
     for detail in details:
         status.details.add().Pack(detail)
     return Refusal(status)
@@ -68,10 +79,11 @@ def refusal(code: int, message: str, details: Iterable[Message] = ()) -> Refusal
 
 def info(reason: str, **metadata: Any) -> error_details_pb2.ErrorInfo:
     return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN,
-                                       metadata={k: str(v) for k, v in metadata.items()})
+                                       metadata={k: clip(str(v)) for k, v in metadata.items()})
 
 
 def bad_request(field: str, message: str) -> Refusal:
+    field, message = clip(field, 200), clip(message)
     violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
     return refusal(code_pb2.INVALID_ARGUMENT, f"{field}: {message}",
                    [error_details_pb2.BadRequest(field_violations=[violation])])

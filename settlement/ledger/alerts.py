@@ -311,7 +311,8 @@ class AlertDesk:
             text_field(name, value, required=False)
         for s in states:
             if s not in STATES:
-                raise RequestError("states", f"unknown state {s!r} (one of {', '.join(STATES)})")
+                raise RequestError("states", f"unknown state {s[:40]!r} (one of "
+                                   f"{', '.join(STATES)})")
         if states:
             where.append("state IN (" + ", ".join(f":s{i}" for i in range(len(states))) + ")")
             params.update({f"s{i}": s for i, s in enumerate(states)})
@@ -321,7 +322,7 @@ class AlertDesk:
                 params[name] = value
         if min_severity is not None:
             if min_severity not in SEVERITIES:
-                raise RequestError("min_severity", f"unknown severity {min_severity!r}")
+                raise RequestError("min_severity", f"unknown severity {min_severity[:40]!r}")
             worse = SEVERITIES[SEVERITIES.index(min_severity):]
             where.append("severity IN (" + ", ".join(f"'{s}'" for s in worse) + ")")
         if not 1 <= page_size <= 500:
