@@ -10,23 +10,29 @@ from pathlib import Path
 from .compare import run, table
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison, print the markdown tables, optionally write JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench.peer_oscar",
                                      description=__doc__)
-    parser.add_argument("--baskets", type=int, default=20,
-                        help="shared 20-line baskets (default 20)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed passes over the baskets in oscar (default 3)")
-    parser.add_argument("--ours-repeats", type=int, default=300,
-                        help="timed quotes of each basket per engine of ours (default 300)")
+    for flag, default, what in (
+            ("--baskets", 20, "shared 20-line baskets"),
+            ("--repeats", 3, "timed passes over the baskets in oscar"),
+            ("--ours-repeats", 300, "timed quotes of each basket per engine of ours")):
+        parser.add_argument(flag, type=positive, default=default,
+                            help=f"{what} (default {default})")
     parser.add_argument("--durable-sqlite", action="store_true",
                         help="SQLite's default journal and fsync for oscar (default: "
                              "synchronous=OFF, journal in memory)")
     parser.add_argument("--json", type=Path, help="write the full result here")
     args = parser.parse_args(argv)
-    if args.baskets < 1 or args.repeats < 1 or args.ours_repeats < 1:
-        parser.error("--baskets, --repeats and --ours-repeats must be >= 1")
     result = run(args.baskets, args.repeats, args.ours_repeats, args.durable_sqlite)
     print(table(result))
     if args.json:

@@ -84,7 +84,7 @@ def run(baskets: int = 20, repeats: int = 3, ours_repeats: int = 300,
     """
     with tempfile.TemporaryDirectory(prefix="peer-oscar-") as tmp:
         migrate_s = configure(Path(tmp), durable)
-        from django.db import connection
+        from django.db import connection, reset_queries
         from django.test.utils import CaptureQueriesContext
 
         from . import oscar_side
@@ -105,8 +105,12 @@ def run(baskets: int = 20, repeats: int = 3, ours_repeats: int = 300,
         prices = []
         queries: dict[str, list[int]] = {"build": [], "apply": []}
         for name, lines in cases.items():
+            # The query log is a deque of 9,000 entries: clear it, or the
+            # counts of a long run are wrong.
+            reset_queries()
             with CaptureQueriesContext(connection) as built:
                 basket = oscar_side.build_basket(shop, lines)
+            reset_queries()
             with CaptureQueriesContext(connection) as applied:
                 oscar_side.apply_offers(shop, basket)
             oscar = oscar_side.payable_cents(basket)
