@@ -82,7 +82,7 @@ def generate(baskets: int, lines: int | None = None, seed: int = 0, exotic: floa
     n_members = max(20, baskets // 15)
     member_cdf = _zipf_cdf(n_members, 1.1)
     tier_cdf = list(itertools.accumulate(w for _, w in TIERS))
-    members = []
+    members: list[dict[str, Any]] = []
     for m in range(n_members):
         tier = TIERS[bisect.bisect_left(tier_cdf, rng.random() * tier_cdf[-1])][0]
         members.append({"id": f"M{m:06d}", "tier": tier,

@@ -9,8 +9,8 @@ redeemed and earned, rounding, payable, stored value, due) are compared.
 Public API::
 
     history = encode_history(read_jsonl("requests.jsonl"), baseline, source="requests.jsonl")
-    result = run_backtest(history, baseline, new)       # {"baseline": totals, "new": ..., "change": ...}
-    totals = reference_totals(rulebook, requests)       # settlement.quote per request
+    result = run_backtest(history, baseline, new)  # {"baseline", "new", "change", ...}
+    totals = reference_totals(rulebook, requests)  # settlement.quote per request
 
 The batch path. :func:`encode_history` validates every request once (the
 canonical :func:`settlement.request.parse_request`, so errors are the same as
@@ -74,24 +74,26 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     Raises :class:`HistoryError` (``path:N: ...``) for unreadable files and bad JSON.
     """
     try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise HistoryError(str(path), f"cannot read: {exc.strerror or exc}") from None
     with handle:
-        number = 0
         try:
-            for number, text in enumerate(handle, 1):  # noqa: B007 - used after the loop
-                if not text.strip():
+            for number, raw in enumerate(handle, 1):
+                try:
+                    text = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise HistoryError(f"{path}:{number}", "not UTF-8 text") from None
+                if not text:
                     continue
                 try:
-                    yield number, json.loads(text)
+                    data = json.loads(text)
                 except ValueError as exc:  # JSONDecodeError, or an integer too long
                     raise HistoryError(f"{path}:{number}", f"invalid JSON: {exc}") from None
                 except RecursionError:
                     raise HistoryError(f"{path}:{number}", "invalid JSON: nested too deeply") \
                         from None
-        except UnicodeDecodeError:
-            raise HistoryError(f"{path}:{number + 1}", "not UTF-8 text") from None
+                yield number, data
         except OSError as exc:
             raise HistoryError(str(path), f"cannot read: {exc.strerror or exc}") from None
 
