@@ -128,6 +128,8 @@ def generate(baskets: int, lines: int | None = None, seed: int = 0, exotic: floa
         elif roll < exotic:
             member["count_cards"] = [{"id": f"{base['id']}-K", "skus": ["CAR-WASH"],
                                       "uses": 10, "valid_until": _iso(at + timedelta(days=90))}]
+            if lines is not None:
+                basket.pop()  # keep exactly ``lines`` lines
             basket.append({"sku": "CAR-WASH", "category": "service",
                            "unit_price_cents": 3000, "quantity": 1,
                            "count_card_id": f"{base['id']}-K"})
