@@ -902,9 +902,7 @@ cdef struct Basket:
     int* mat            # [slots * L] eligible lines per slot
     int* cnt            # [slots]
     int64_t* tw         # [slots] eligible amount per slot
-    Search* s
-    int64_t* sbuf
-    int* ibuf
+    Search* s           # the search, its arrays sized for the workspace's L and maxc
 
 
 cdef inline char* _carve(char* base, Py_ssize_t* off, Py_ssize_t nbytes) noexcept nogil:
@@ -948,9 +946,26 @@ cdef Py_ssize_t layout(_Rules r, Basket* b, char* base, int L, int nc, int maxc,
     b.mat = <int*>_carve(base, &off, i4 * slots * L)
     b.cnt = <int*>_carve(base, &off, i4 * slots)
     b.tw = <int64_t*>_carve(base, &off, i8 * slots)
+    cdef Search scratch  # measuring: the search's pointers go nowhere
     b.s = <Search*>_carve(base, &off, sizeof(Search))
-    b.sbuf = <int64_t*>_carve(base, &off, i8 * (POOL * 8 + (maxc + 2) * L + POOL + 8))
-    b.ibuf = <int*>_carve(base, &off, i4 * (POOL * 10 + POOL * L + r.ntpls + 8))
+    cdef Search* s = &scratch if base == NULL else b.s
+    s.expiry = <int64_t*>_carve(base, &off, i8 * POOL)
+    s.alone = <int64_t*>_carve(base, &off, i8 * POOL)
+    s.thr = <int64_t*>_carve(base, &off, i8 * POOL)
+    s.offc = <int64_t*>_carve(base, &off, i8 * POOL)
+    s.offbp = <int64_t*>_carve(base, &off, i8 * POOL)
+    s.maxoff = <int64_t*>_carve(base, &off, i8 * POOL)
+    s.rem = <int64_t*>_carve(base, &off, i8 * L)
+    s.parts = <int64_t*>_carve(base, &off, i8 * (maxc + 1) * L)  # [depth * L + line]
+    s.stack = <uint8_t*>_carve(base, &off, POOL)
+    s.kind = <int*>_carve(base, &off, i4 * POOL)
+    s.tpl = <int*>_carve(base, &off, i4 * POOL)
+    s.limit = <int*>_carve(base, &off, i4 * POOL)
+    s.idrank = <int*>_carve(base, &off, i4 * POOL)
+    s.eoff = <int*>_carve(base, &off, i4 * POOL)
+    s.en = <int*>_carve(base, &off, i4 * POOL)
+    s.tcount = <int*>_carve(base, &off, i4 * (r.ntpls + 1))
+    s.eidx = <int*>_carve(base, &off, i4 * POOL * L)
     return off
 
 
@@ -1018,7 +1033,8 @@ cdef void coupons_check(_Rules r, Basket* b) noexcept nogil:
     ``coupons_pick``."""
     cdef int i, t, c, k, x, st, n, nt = 0, L = b.L
     cdef int64_t w
-    cdef Search* s = b.s
+    cdef Search one  # stand-alone takes read the template's own fields
+    cdef Search* s = &one
     b.npool = 0
     if b.nc == 0:
         return
@@ -1106,6 +1122,19 @@ cdef inline bint sorts_before(int64_t a1, int64_t a2, int64_t b1, int64_t b2) no
     return a1 < b1 or (a1 == b1 and a2 < b2)
 
 
+cdef inline void sorted_insert(const int64_t* suffix, int n, int64_t x,
+                               int64_t* out) noexcept nogil:
+    """``out[:n + 1] = sorted(suffix[:n] + [x])`` for a sorted ``suffix``."""
+    cdef int q, a = 0
+    for q in range(n):
+        if a == 0 and suffix[q] > x:
+            out[q] = x
+            a = 1
+        out[q + a] = suffix[q]
+    if a == 0:
+        out[n] = x
+
+
 cdef void coupons_pick(_Rules r, Basket* b) noexcept nogil:
     """Stage 2, second half: the best subset of the pool, applied in application order."""
     cdef int npool = b.npool, L = b.L, maxc = b.maxc, i, j, k, q, t, c, depth, x, y
@@ -1149,23 +1178,6 @@ cdef void coupons_pick(_Rules r, Basket* b) noexcept nogil:
     s.k = maxc
     s.L = L
     s.cur = b.cur
-    s.expiry = b.sbuf
-    s.alone = b.sbuf + POOL
-    s.thr = b.sbuf + 2 * POOL
-    s.offc = b.sbuf + 3 * POOL
-    s.offbp = b.sbuf + 4 * POOL
-    s.maxoff = b.sbuf + 5 * POOL
-    s.rem = b.sbuf + 6 * POOL  # L words
-    s.parts = b.sbuf + 6 * POOL + L  # (maxc + 1) * L words
-    s.stack = <uint8_t*>(b.sbuf + 6 * POOL + L + (maxc + 1) * L)  # POOL bytes
-    s.kind = b.ibuf
-    s.tpl = b.ibuf + POOL
-    s.limit = b.ibuf + 2 * POOL
-    s.idrank = b.ibuf + 3 * POOL
-    s.eoff = b.ibuf + 4 * POOL
-    s.en = b.ibuf + 5 * POOL
-    s.tcount = b.ibuf + 6 * POOL  # r.ntpls ints
-    s.eidx = b.ibuf + 6 * POOL + r.ntpls + 8  # POOL * L ints
     memset(s.tcount, 0, sizeof(int) * (r.ntpls + 1))
     for j in range(npool):
         i = pool[j]
@@ -1193,22 +1205,8 @@ cdef void coupons_pick(_Rules r, Basket* b) noexcept nogil:
         s.topsum[npool][q] = 0
     for j in range(npool - 1, -1, -1):
         # sorted suffix expiries and id ranks: suffix j = insert(j, suffix j + 1)
-        a = 0
-        for q in range(npool - 1 - j):
-            if a == 0 and s.sufexp[j + 1][q] > s.expiry[j]:
-                s.sufexp[j][q] = s.expiry[j]
-                a = 1
-            s.sufexp[j][q + a] = s.sufexp[j + 1][q]
-        if a == 0:
-            s.sufexp[j][npool - 1 - j] = s.expiry[j]
-        a = 0
-        for q in range(npool - 1 - j):
-            if a == 0 and s.sufid[j + 1][q] > s.idrank[j]:
-                s.sufid[j][q] = s.idrank[j]
-                a = 1
-            s.sufid[j][q + a] = s.sufid[j + 1][q]
-        if a == 0:
-            s.sufid[j][npool - 1 - j] = s.idrank[j]
+        sorted_insert(s.sufexp[j + 1], npool - 1 - j, s.expiry[j], s.sufexp[j])
+        sorted_insert(s.sufid[j + 1], npool - 1 - j, s.idrank[j], s.sufid[j])
         for q in range(MAX_DEPTH + 1):
             a = s.topsum[j + 1][q]
             if q > 0 and s.topsum[j + 1][q - 1] + s.alone[j] > a:
