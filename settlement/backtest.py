@@ -38,15 +38,16 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from . import quote as _quote
 from .errors import InvalidInput, RequestError
-from .request import QuoteRequest, parse_request
+from .request import parse_request
 from .rulebook import Rulebook
+from .timeutil import FOREVER, NEVER_BEFORE
 
 Totals = dict[str, Any]
 QuoteFn = Callable[[Rulebook, Any], dict[str, Any]]
@@ -182,7 +183,7 @@ I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class History:
     """A history encoded into columns (see the module docstring).
 
@@ -236,6 +237,9 @@ def encode_history(requests: Iterable[Any] | Iterable[tuple[int, Any]], rulebook
     as :func:`read_jsonl` yields) against ``rulebook``.
 
     ``batch=False`` (or no built kernel): every request is kept for the fallback.
+    With the kernel, its own request parser validates first (it also prices the
+    request, which is still much quicker than the reference parser); what it declines
+    goes through :func:`settlement.request.parse_request`.
 
     Raises :class:`HistoryError` naming ``source:line`` and the field of the first
     invalid request.
@@ -265,41 +269,36 @@ def encode_history(requests: Iterable[Any] | Iterable[tuple[int, Any]], rulebook
     c_id: list[int] = []
     fallback_requests: dict[int, Any] = {}
     members: set[str] = set()
-    batch = batch and batch_available()
+    kernel = _kernel() if batch else None
     for count, item in enumerate(requests, 1):
         number, data = item if isinstance(item, tuple) else (count, item)
         try:
-            req = parse_request(rulebook, data)
+            req = _fields(rulebook, data, kernel)
         except RequestError as exc:
             raise HistoryError(f"{source}:{number}", str(exc)) from None
         n = len(numbers)
         numbers.append(number)
-        member = req.member
-        if member is not None:
-            members.add(member.id)
-        fall = not batch or _needs_fallback(req)
+        if req.member is not None:
+            members.add(req.member)
+        fall = kernel is None or req.fallback
         if fall:
             fallback_requests[n] = data
         else:
-            for line in req.lines:
-                l_sku.append(intern(skus, line.sku))
-                l_cat.append(intern(cats, line.category))
-                l_gross.append(line.unit_price_cents * line.quantity)
-                l_qty.append(line.quantity)
-            held = {c.id: c for c in member.coupons} if member is not None else {}
-            for cid in req.coupon_ids:
-                coupon = held.get(cid)
+            for sku, cat, gross, qty in req.lines:
+                l_sku.append(skus.setdefault(sku, len(skus)))
+                l_cat.append(cats.setdefault(cat, len(cats)))
+                l_gross.append(gross)
+                l_qty.append(qty)
+            for cid, template, valid_from, valid_until in req.presented:
                 c_id.append(intern(coupon_ids, cid))
-                c_tpl.append(-1 if coupon is None else intern(tpls, coupon.template))
-                c_from.append(0 if coupon is None else coupon.valid_from)
-                c_until.append(0 if coupon is None else coupon.valid_until)
+                c_tpl.append(-1 if template is None else intern(tpls, template))
+                c_from.append(valid_from)
+                c_until.append(valid_until)
         line_start.append(len(l_sku))
         coupon_start.append(len(c_id))
         head.append((req.at, intern(stores, req.store),
-                     -1 if member is None else intern(tiers, member.tier),
-                     member.points_balance if member else 0,
-                     member.stored_value_cents if member else 0,
-                     req.redeem_points, req.pay_stored_value_cents, int(fall)))
+                     -1 if req.tier is None else intern(tiers, req.tier), req.points_balance,
+                     req.stored_value, req.redeem_points, req.pay_stored_value, int(fall)))
     # a coupon id's key is its rank in string order (the contract's id tie-break)
     rank = np.empty(len(coupon_ids), dtype=np.int64)
     for k, cid in enumerate(sorted(coupon_ids)):
@@ -325,11 +324,63 @@ def encode_history(requests: Iterable[Any] | Iterable[tuple[int, Any]], rulebook
         skus=list(skus), categories=list(cats), templates=list(tpls), members=len(members))
 
 
-def _needs_fallback(req: QuoteRequest) -> bool:
-    """What the columns do not hold: count-card lines and a member's ``auto_coupons``."""
-    if req.auto_coupons and req.member is not None:
-        return True
-    return any(line.count_card_id is not None for line in req.lines)
+class _Fields(NamedTuple):
+    """What the columns hold of one valid request (member fields zero for a walk-in)."""
+
+    at: int
+    store: str
+    member: str | None
+    tier: str | None
+    points_balance: int
+    stored_value: int
+    redeem_points: int
+    pay_stored_value: int
+    lines: list[tuple[str, str, int, int]]                  # sku, category, gross, quantity
+    presented: list[tuple[str, str | None, int, int]]      # id, held template, validity
+    fallback: bool                                          # count cards or auto_coupons
+
+
+def _fields(rulebook: Rulebook, data: Any, kernel: Any) -> _Fields:
+    """Validate ``data``. The kernel's own parser decides first (a quote it prices without
+    the pure path is a valid request of plain JSON shapes, read directly); anything else
+    goes through :func:`parse_request`, which raises the canonical error."""
+    if kernel is not None:
+        before = kernel.slow_path_count()
+        kernel.quote(rulebook, data)  # a RequestError here is the pure parser's
+        if kernel.slow_path_count() == before:
+            return _plain_fields(data, kernel._iso_micros)
+    req = parse_request(rulebook, data)
+    m = req.member
+    held = {c.id: c for c in m.coupons} if m is not None else {}
+    return _Fields(
+        req.at, req.store, m.id if m else None, m.tier if m else None, m.points_balance if m else 0,
+        m.stored_value_cents if m else 0, req.redeem_points, req.pay_stored_value_cents,
+        [(x.sku, x.category, x.unit_price_cents * x.quantity, x.quantity) for x in req.lines],
+        [(cid, held[cid].template, held[cid].valid_from, held[cid].valid_until)
+         if cid in held else (cid, None, 0, 0) for cid in req.coupon_ids],
+        (req.auto_coupons and m is not None)
+        or any(x.count_card_id is not None for x in req.lines))
+
+
+def _plain_fields(data: dict[str, Any], instant: Callable[[Any], int]) -> _Fields:
+    """``_Fields`` of a request the kernel's parser accepted (null is absent)."""
+    m = data.get("member")
+    held = {}
+    for c in (m.get("coupons") or ()) if m is not None else ():
+        start, until = c.get("valid_from"), c.get("valid_until")
+        held[c["id"]] = (c["template"], NEVER_BEFORE if start is None else instant(start),
+                         FOREVER if until is None else instant(until))
+    lines = data["lines"]
+    return _Fields(
+        instant(data["at"]), data["store"], m and m["id"], m and m["tier"],
+        (m.get("points_balance") or 0) if m else 0, (m.get("stored_value_cents") or 0) if m else 0,
+        data.get("redeem_points") or 0, data.get("pay_stored_value_cents") or 0,
+        [(x["sku"], x["category"], x["unit_price_cents"] * x["quantity"], x["quantity"])
+         for x in lines],
+        [(cid, *held[cid]) if cid in held else (cid, None, 0, 0)
+         for cid in data.get("coupon_ids") or ()],
+        (data.get("auto_coupons") is True and m is not None)
+        or any(x.get("count_card_id") is not None for x in lines))
 
 
 # ---------------------------------------------------------------- pricing
@@ -360,29 +411,35 @@ def price_history(history: History, rulebook: Rulebook,
             history.baskets
     t = kernel.tables(rulebook)
     tier_map = _lookup(history.tiers, t["tiers"])
-    if len(history.tier) and (history.tier >= 0).any():
-        member_tiers = tier_map[history.tier[history.tier >= 0]]
-        if (member_tiers < 0).any():
-            n = int(np.flatnonzero((history.tier >= 0)
-                                   & (tier_map[np.maximum(history.tier, 0)] < 0))[0])
-            code = history.tiers[int(history.tier[n])]
-            raise HistoryError(history.where(n), f"member.tier: unknown tier {code!r}")
     tier = np.where(history.tier >= 0, tier_map[np.maximum(history.tier, 0)], -1)
+    unknown = np.flatnonzero((history.tier >= 0) & (tier < 0))
+    if len(unknown):
+        n = int(unknown[0])
+        code = history.tiers[int(history.tier[n])]
+        raise HistoryError(history.where(n), f"member.tier: unknown tier {code!r}")
     store_rules = [t["stores"].get(code, t["store_default"]) for code in history.stores]
     rounding = np.array([x[0] for x in store_rules] or [0], dtype=np.int32)[history.store]
     maxc = np.array([x[1] for x in store_rules] or [0], dtype=np.int32)[history.store]
+    try:
+        fast = _price_batch(kernel, history, rulebook, t, tier, rounding, maxc)
+    except kernel.BatchError as exc:
+        raise HistoryError(history.where(exc.basket), exc.problem) from None
+    slow = _fallback(history, rulebook, sorted(history.fallback_requests), quote)
+    return merge_totals(fast, slow), len(history.fallback_requests)
+
+
+def _price_batch(kernel: Any, history: History, rulebook: Rulebook, t: dict[str, Any],
+                 tier: I32, rounding: I32, maxc: I32) -> Totals:
     tpl_map = _lookup(history.templates, t["templates"])
     coupon_tpl = np.where(history.coupon_tpl >= 0,
                           tpl_map[np.maximum(history.coupon_tpl, 0)], -1)
-    fast = kernel.price_batch(
+    return kernel.price_batch(
         rulebook, history.at, _c32(tier), _c32(rounding), _c32(maxc), history.points_balance,
         history.stored_value, history.redeem_points, history.pay_stored_value,
         history.line_start, _c32(_lookup(history.skus, t["skus"])[history.line_sku]),
         _c32(_lookup(history.categories, t["categories"])[history.line_cat]),
         history.line_gross, history.line_qty, history.coupon_start, _c32(coupon_tpl),
         history.coupon_from, history.coupon_until, history.coupon_key, history.fallback)
-    slow = _fallback(history, rulebook, sorted(history.fallback_requests), quote)
-    return merge_totals(fast, slow), len(history.fallback_requests)
 
 
 def _lookup(vocab: list[str], index: Mapping[str, int]) -> I32:

@@ -287,3 +287,17 @@ def test_cli_errors_name_the_file_and_line(tmp_path: Path, history_file: Path) -
         assert proc.returncode == 2, (extra, proc.stderr)
         assert message in proc.stderr, (message, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_an_instant_the_new_timezone_cannot_place_names_the_line() -> None:
+    require_fast()
+    utc = make_rulebook("[[tiers]]\ncode = 'n'\nrank = 0\n", timezone="UTC")
+    west = make_rulebook("[[tiers]]\ncode = 'n'\nrank = 0\n", timezone="America/New_York")
+    early = {"at": "0001-01-01T01:00:00Z", "store": "S",
+             "lines": [{"sku": "a", "category": "c", "unit_price_cents": 100, "quantity": 1}]}
+    with pytest.raises(settlement.RequestError):
+        settlement.quote(west, early)
+    history = bt.encode_history([early, early], utc, source="h.jsonl")
+    assert bt.price_history(history, utc)[0] == bt.reference_totals(utc, [early, early])
+    with pytest.raises(bt.HistoryError, match=r"^h.jsonl:1: at: "):
+        bt.price_history(history, west)

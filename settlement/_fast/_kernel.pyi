@@ -21,6 +21,14 @@ def slow_path_count() -> int:
 
 def _iso_micros(value: object) -> int: ...
 
+class BatchError(ValueError):
+    """A basket ``price_batch`` cannot price under this rulebook (``basket``: its index)."""
+
+    basket: int
+    problem: str
+
+    def __init__(self, basket: int, problem: str) -> None: ...
+
 def tables(rulebook: Rulebook) -> dict[str, Any]:
     """The compiled rulebook's code -> index maps (for the back-test's columns)."""
 

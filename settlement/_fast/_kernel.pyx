@@ -1596,6 +1596,15 @@ cdef inline object _source(_Rules r, int src):
 
 # ---------------------------------------------------------------- batch (back-test)
 
+class BatchError(ValueError):
+    """A basket ``price_batch`` cannot price under this rulebook; ``basket`` is its index."""
+
+    def __init__(self, basket, problem):
+        super().__init__(problem)
+        self.basket = basket
+        self.problem = problem
+
+
 def tables(rulebook):
     """The compiled rulebook's code -> index maps, for encoding columns to this rulebook:
     ``skus``, ``categories``, ``tiers``, ``templates`` (dicts), ``stores`` (code ->
@@ -1668,7 +1677,10 @@ def price_batch(rulebook, const int64_t[::1] at, const int32_t[::1] tier,
         layout(r, &b, mem, maxl, maxn, MAX_DEPTH, True)
         for n in range(nb):  # local weekday and minute: the zone lookup needs the GIL
             if not skip[n]:
-                local_time(r, at[n], clock + 2 * n, clock + 2 * n + 1)
+                try:
+                    local_time(r, at[n], clock + 2 * n, clock + 2 * n + 1)
+                except _Reject:
+                    raise BatchError(n, f"at: out of range in timezone {r.zone}") from None
         with nogil:
             for n in range(nb):
                 if skip[n]:
