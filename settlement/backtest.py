@@ -8,12 +8,13 @@ redeemed and earned, rounding, payable, stored value, due) are compared.
 
 Public API::
 
-    history = encode_history(read_jsonl("requests.jsonl"), baseline, source="requests.jsonl")
+    history = load_history("requests.jsonl", baseline)   # or encode_history(dicts, baseline)
     result = run_backtest(history, baseline, new)  # {"baseline", "new", "change", ...}
     totals = reference_totals(rulebook, requests)  # settlement.quote per request
 
 The batch path. :func:`encode_history` validates every request once (the
-canonical :func:`settlement.request.parse_request`, so errors are the same as
+kernel's request parser, and for what it declines the canonical
+:func:`settlement.request.parse_request`, so errors are the same as
 ``quote``'s) and stores it as NumPy columns: per basket the instant, store,
 tier, member amounts and offsets into a lines table (SKU, category, gross,
 quantity) and a presented-coupons table (template, validity, id rank); codes
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -219,7 +220,7 @@ class History:
     skus: list[str]
     categories: list[str]
     templates: list[str]
-    members: int = field(default=0)
+    members: int = 0             # distinct member ids
 
     @property
     def baskets(self) -> int:
@@ -244,12 +245,6 @@ def encode_history(requests: Iterable[Any] | Iterable[tuple[int, Any]], rulebook
     Raises :class:`HistoryError` naming ``source:line`` and the field of the first
     invalid request.
     """
-    def intern(vocab: dict[str, int], code: str) -> int:
-        k = vocab.get(code)
-        if k is None:
-            k = vocab[code] = len(vocab)
-        return k
-
     stores: dict[str, int] = {}
     tiers: dict[str, int] = {}
     skus: dict[str, int] = {}
@@ -290,15 +285,16 @@ def encode_history(requests: Iterable[Any] | Iterable[tuple[int, Any]], rulebook
                 l_gross.append(gross)
                 l_qty.append(qty)
             for cid, template, valid_from, valid_until in req.presented:
-                c_id.append(intern(coupon_ids, cid))
-                c_tpl.append(-1 if template is None else intern(tpls, template))
+                c_id.append(coupon_ids.setdefault(cid, len(coupon_ids)))
+                c_tpl.append(-1 if template is None else tpls.setdefault(template, len(tpls)))
                 c_from.append(valid_from)
                 c_until.append(valid_until)
         line_start.append(len(l_sku))
         coupon_start.append(len(c_id))
-        head.append((req.at, intern(stores, req.store),
-                     -1 if req.tier is None else intern(tiers, req.tier), req.points_balance,
-                     req.stored_value, req.redeem_points, req.pay_stored_value, int(fall)))
+        head.append((req.at, stores.setdefault(req.store, len(stores)),
+                     -1 if req.tier is None else tiers.setdefault(req.tier, len(tiers)),
+                     req.points_balance, req.stored_value, req.redeem_points,
+                     req.pay_stored_value, int(fall)))
     # a coupon id's key is its rank in string order (the contract's id tie-break)
     rank = np.empty(len(coupon_ids), dtype=np.int64)
     for k, cid in enumerate(sorted(coupon_ids)):
@@ -322,6 +318,11 @@ def encode_history(requests: Iterable[Any] | Iterable[tuple[int, Any]], rulebook
         fallback=np.ascontiguousarray(cols[:, 7], dtype=np.uint8),
         fallback_requests=fallback_requests, stores=list(stores), tiers=list(tiers),
         skus=list(skus), categories=list(cats), templates=list(tpls), members=len(members))
+
+
+def load_history(path: str | Path, rulebook: Rulebook, batch: bool = True) -> History:
+    """:func:`encode_history` of the JSONL file at ``path`` (errors name ``path:line``)."""
+    return encode_history(read_jsonl(path), rulebook, source=str(path), batch=batch)
 
 
 class _Fields(NamedTuple):
@@ -464,10 +465,11 @@ def _fallback(history: History, rulebook: Rulebook, baskets: Iterable[int],
 
 
 def run_backtest(history: History, baseline: Rulebook, new: Rulebook) -> dict[str, Any]:
-    """Price ``history`` under both rulebooks: ``{"baskets", "batch", "fallback",
-    "baseline", "new", "change"}`` (totals, and ``new - baseline``)."""
+    """Price ``history`` under both rulebooks: ``{"baskets", "members", "batch",
+    "fallback", "baseline", "new", "change"}`` (totals, and ``new - baseline``)."""
     before, fallback = price_history(history, baseline)
     after, _ = price_history(history, new)
-    return {"baskets": history.baskets, "batch": history.baskets - fallback,
+    return {"baskets": history.baskets, "members": history.members,
+            "batch": history.baskets - fallback,
             "fallback": fallback, "baseline": before, "new": after,
             "change": change(before, after)}

@@ -179,7 +179,7 @@ def _terminals(args: argparse.Namespace) -> int:
 def _backtest(args: argparse.Namespace) -> int:
     import settlement
 
-    from .backtest import HistoryError, encode_history, read_jsonl, run_backtest
+    from .backtest import HistoryError, load_history, run_backtest
 
     rulebooks = []
     for path in (args.baseline, args.rules):
@@ -190,7 +190,7 @@ def _backtest(args: argparse.Namespace) -> int:
             return _fail(f"rulebook{where}: {exc}")
     baseline, new = rulebooks
     try:
-        history = encode_history(read_jsonl(args.history), baseline, source=args.history)
+        history = load_history(args.history, baseline)
         result = run_backtest(history, baseline, new)
     except HistoryError as exc:
         return _fail(f"history {exc}")
@@ -258,7 +258,8 @@ def backtest_table(result: dict) -> str:  # type: ignore[type-arg]
     width = max(len(r[0]) for r in rows)
     cols = [max(len(r[k]) for r in rows) for k in (1, 2, 3)]
     cols = [max(c, 12) for c in cols]
-    head = (f"back-test of {result['history']}: {result['baskets']:,} baskets "
+    head = (f"back-test of {result['history']}: {result['baskets']:,} baskets, "
+            f"{result['members']:,} members "
             f"({result['batch']:,} on the batch path, {result['fallback']:,} priced one by "
             "one: count cards, auto_coupons)\n"
             f"baseline: {result['baseline']['rulebook']} ({result['baseline']['version']})\n"

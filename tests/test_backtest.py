@@ -249,6 +249,8 @@ def test_cli_table_and_json(history_file: Path, baseline: settlement.Rulebook,
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     requests = [json.loads(x) for x in history_file.read_text().splitlines()]
+    assert bt.run_backtest(bt.load_history(history_file, baseline), baseline, promo)["change"] \
+        == data["change"]
     assert data["baseline"]["totals"] == bt.reference_totals(baseline, requests)
     assert data["new"]["totals"] == bt.reference_totals(promo, requests)
     assert data["new"]["version"] == promo.version

@@ -8,10 +8,15 @@ differential tests hold it to that. Shape:
 
 * ``_Rules`` is a rulebook compiled once into C arrays and lookup dicts
   (cached in ``Rulebook.compiled["fast"]``).
-* ``quote`` parses the request dict straight into C arrays. Any rejection
-  (or an input shape it does not handle, e.g. an ``int`` subclass) goes to
-  the pure path, which raises the canonical ``RequestError`` (or prices the
-  exotic-but-valid input); ``slow_path_count()`` counts those.
+* ``quote`` parses the request dict straight into a ``Basket`` (C arrays). Any
+  rejection (or an input shape it does not handle, e.g. an ``int`` subclass)
+  goes to the pure path, which raises the canonical ``RequestError`` (or
+  prices the exotic-but-valid input); ``slow_path_count()`` counts those.
+* The stages (``price_items``, ``coupons_check``, ``coupons_pick``,
+  ``price_rest``) are ``nogil`` functions of a ``Basket``. ``quote`` runs them
+  and builds the receipt; ``price_batch`` (the back-test, ``settlement.backtest``)
+  fills a ``Basket`` per basket from NumPy columns, runs the same functions and
+  only adds up totals. There is no second statement of the rules.
 * Money is ``int64``; products that could overflow use ``__int128``.
 """
 
