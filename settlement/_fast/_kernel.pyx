@@ -916,33 +916,34 @@ cdef inline char* _carve(char* base, Py_ssize_t* off, Py_ssize_t nbytes) noexcep
     return p
 
 
+cdef inline void _carve_all(char* base, Py_ssize_t* off, void*** fields, int n,
+                            Py_ssize_t nbytes) noexcept nogil:
+    """``nbytes`` for each of the ``n`` pointers at ``fields``."""
+    cdef int k
+    for k in range(n):
+        fields[k][0] = _carve(base, off, nbytes)
+
+
 cdef Py_ssize_t layout(_Rules r, Basket* b, char* base, int L, int nc, int maxc,
                        bint coupons) noexcept nogil:
     """Point ``b``'s arrays into ``base`` for up to ``L`` lines and ``nc`` candidates;
     returns the bytes needed (``base`` NULL: only measure). ``coupons``: room for stage 2."""
     cdef Py_ssize_t off = 0, i8 = sizeof(int64_t), i4 = sizeof(int), slots
-    b.sku = <int*>_carve(base, &off, i4 * L)
-    b.cat = <int*>_carve(base, &off, i4 * L)
-    b.gross = <int64_t*>_carve(base, &off, i8 * L)
-    b.qty = <int64_t*>_carve(base, &off, i8 * L)
-    b.card = <uint8_t*>_carve(base, &off, L)
-    b.cur = <int64_t*>_carve(base, &off, i8 * L)
-    b.cardc = <int64_t*>_carve(base, &off, i8 * L)
-    b.item = <int64_t*>_carve(base, &off, i8 * L)
-    b.coup = <int64_t*>_carve(base, &off, i8 * L)
-    b.offs = <int64_t*>_carve(base, &off, i8 * L)
-    b.rnd = <int64_t*>_carve(base, &off, i8 * L)
-    b.src = <int*>_carve(base, &off, i4 * L)
-    b.disc = <uint8_t*>_carve(base, &off, L)
-    b.earns = <uint8_t*>_carve(base, &off, L)
-    b.rem = <int64_t*>_carve(base, &off, i8 * L)
-    b.idx = <int*>_carve(base, &off, i4 * L)
+    cdef void** f[9]
+    cdef Search scratch  # measuring: the search's pointers go nowhere
+    cdef Search* s
+    f[:9] = [<void**>&b.gross, <void**>&b.qty, <void**>&b.cur, <void**>&b.cardc,
+             <void**>&b.item, <void**>&b.coup, <void**>&b.offs, <void**>&b.rnd, <void**>&b.rem]
+    _carve_all(base, &off, f, 9, i8 * L)
+    f[:4] = [<void**>&b.sku, <void**>&b.cat, <void**>&b.src, <void**>&b.idx]
+    _carve_all(base, &off, f, 4, i4 * L)
+    f[:3] = [<void**>&b.card, <void**>&b.disc, <void**>&b.earns]
+    _carve_all(base, &off, f, 3, L)
     b.active = <uint8_t*>_carve(base, &off, r.npromos)
-    b.ctpl = <int*>_carve(base, &off, i4 * nc)
-    b.cfrom = <int64_t*>_carve(base, &off, i8 * nc)
-    b.cuntil = <int64_t*>_carve(base, &off, i8 * nc)
-    b.ckey = <int64_t*>_carve(base, &off, i8 * nc)
-    b.reason = <int*>_carve(base, &off, i4 * nc)
+    f[:3] = [<void**>&b.cfrom, <void**>&b.cuntil, <void**>&b.ckey]
+    _carve_all(base, &off, f, 3, i8 * nc)
+    f[:2] = [<void**>&b.ctpl, <void**>&b.reason]
+    _carve_all(base, &off, f, 2, i4 * nc)
     if not coupons:
         return off
     slots = nc if nc < r.ntpls else r.ntpls
@@ -951,24 +952,17 @@ cdef Py_ssize_t layout(_Rules r, Basket* b, char* base, int L, int nc, int maxc,
     b.mat = <int*>_carve(base, &off, i4 * slots * L)
     b.cnt = <int*>_carve(base, &off, i4 * slots)
     b.tw = <int64_t*>_carve(base, &off, i8 * slots)
-    cdef Search scratch  # measuring: the search's pointers go nowhere
     b.s = <Search*>_carve(base, &off, sizeof(Search))
-    cdef Search* s = &scratch if base == NULL else b.s
-    s.expiry = <int64_t*>_carve(base, &off, i8 * POOL)
-    s.alone = <int64_t*>_carve(base, &off, i8 * POOL)
-    s.thr = <int64_t*>_carve(base, &off, i8 * POOL)
-    s.offc = <int64_t*>_carve(base, &off, i8 * POOL)
-    s.offbp = <int64_t*>_carve(base, &off, i8 * POOL)
-    s.maxoff = <int64_t*>_carve(base, &off, i8 * POOL)
+    s = &scratch if base == NULL else b.s
+    f[:6] = [<void**>&s.expiry, <void**>&s.alone, <void**>&s.thr, <void**>&s.offc,
+             <void**>&s.offbp, <void**>&s.maxoff]
+    _carve_all(base, &off, f, 6, i8 * POOL)
+    f[:6] = [<void**>&s.kind, <void**>&s.tpl, <void**>&s.limit, <void**>&s.idrank,
+             <void**>&s.eoff, <void**>&s.en]
+    _carve_all(base, &off, f, 6, i4 * POOL)
     s.rem = <int64_t*>_carve(base, &off, i8 * L)
     s.parts = <int64_t*>_carve(base, &off, i8 * (maxc + 1) * L)  # [depth * L + line]
     s.stack = <uint8_t*>_carve(base, &off, POOL)
-    s.kind = <int*>_carve(base, &off, i4 * POOL)
-    s.tpl = <int*>_carve(base, &off, i4 * POOL)
-    s.limit = <int*>_carve(base, &off, i4 * POOL)
-    s.idrank = <int*>_carve(base, &off, i4 * POOL)
-    s.eoff = <int*>_carve(base, &off, i4 * POOL)
-    s.en = <int*>_carve(base, &off, i4 * POOL)
     s.tcount = <int*>_carve(base, &off, i4 * (r.ntpls + 1))
     s.eidx = <int*>_carve(base, &off, i4 * POOL * L)
     return off
