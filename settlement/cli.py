@@ -1,5 +1,8 @@
 """``settlement`` command line: ``settlement quote --rules R.toml --request Q.json``.
 
+``backtest --rules NEW.toml --baseline OLD.toml --history requests.jsonl`` prices
+a history under both rulebooks and reports what changes (``--json`` for machines).
+
 ``quote`` is also the merchant's dry run of a new rulebook: it prices a
 request and prints the receipt JSON. Bad input exits 2 with the message
 naming the field on stderr.
@@ -173,6 +176,102 @@ def _terminals(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backtest(args: argparse.Namespace) -> int:
+    import settlement
+
+    from .backtest import HistoryError, load_history, run_backtest
+
+    rulebooks = []
+    for path in (args.baseline, args.rules):
+        try:
+            rulebooks.append(settlement.load_rulebook(path))
+        except settlement.RulebookError as exc:
+            where = "" if exc.field == str(path) else f" {path}"
+            return _fail(f"rulebook{where}: {exc}")
+    baseline, new = rulebooks
+    try:
+        history = load_history(args.history, baseline)
+        result = run_backtest(history, baseline, new)
+    except HistoryError as exc:
+        return _fail(f"history {exc}")
+    result["history"] = args.history
+    result["baseline"] = {"rulebook": args.baseline, "version": baseline.version,
+                          "totals": result["baseline"]}
+    result["new"] = {"rulebook": args.rules, "version": new.version, "totals": result["new"]}
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(backtest_table(result))
+    return 0
+
+
+def _money(cents: int, sign: bool = False) -> str:
+    text = f"{abs(cents) // 100:,}.{abs(cents) % 100:02d}"
+    if cents < 0:
+        return "-" + text
+    return ("+" + text) if sign else text
+
+
+def _count(value: int, sign: bool = False) -> str:
+    return f"{value:+,}" if sign else f"{value:,}"
+
+
+def backtest_table(result: dict) -> str:  # type: ignore[type-arg]
+    """The readable report of ``settlement backtest`` (money in yuan, exact)."""
+    old, new, delta = (result["baseline"]["totals"], result["new"]["totals"],
+                       result["change"])
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(label: str, a: int, b: int, d: int, fmt=_money) -> None:  # type: ignore[no-untyped-def]
+        rows.append((label, fmt(a), fmt(b), fmt(d, True)))
+
+    def by_name(key: str, label: str, fmt=_money, field=None) -> None:  # type: ignore[no-untyped-def]
+        for name in sorted(set(old[key]) | set(new[key])):
+            a, b = old[key].get(name, 0), new[key].get(name, 0)
+            if field is not None:
+                a, b = (a[field] if a else 0), (b[field] if b else 0)
+            row(label.format(name), a, b, b - a, fmt)
+
+    row("gross", old["gross_cents"], new["gross_cents"], delta["gross_cents"])
+    row("paid by count cards", old["count_card_cents"], new["count_card_cents"],
+        delta["count_card_cents"])
+    row("item discounts", old["item_discount_cents"], new["item_discount_cents"],
+        delta["item_discount_cents"])
+    by_name("item_discount_by_source", "  {}")
+    row("coupon discounts", old["coupon_discount_cents"], new["coupon_discount_cents"],
+        delta["coupon_discount_cents"])
+    by_name("coupons_by_template", "  {}", field="discount_cents")
+    row("points offset", old["points_offset_cents"], new["points_offset_cents"],
+        delta["points_offset_cents"])
+    row("rounding", old["rounding_cents"], new["rounding_cents"], delta["rounding_cents"])
+    row("payable", old["payable_cents"], new["payable_cents"], delta["payable_cents"])
+    row("  stored value", old["stored_value_cents"], new["stored_value_cents"],
+        delta["stored_value_cents"])
+    row("  due (cash, card)", old["due_cents"], new["due_cents"], delta["due_cents"])
+    row("points redeemed", old["points_redeemed"], new["points_redeemed"],
+        delta["points_redeemed"], _count)
+    row("points earned (issued)", old["points_earned"], new["points_earned"],
+        delta["points_earned"], _count)
+    by_name("coupons_by_template", "coupons used: {}", _count, "applied")
+    by_name("rejected_coupons", "coupons refused: {}", _count)
+    width = max(len(r[0]) for r in rows)
+    cols = [max(len(r[k]) for r in rows) for k in (1, 2, 3)]
+    cols = [max(c, 12) for c in cols]
+    head = (f"back-test of {result['history']}: {result['baskets']:,} baskets, "
+            f"{result['members']:,} members "
+            f"({result['batch']:,} on the batch path, {result['fallback']:,} priced one by "
+            "one: count cards, auto_coupons)\n"
+            f"baseline: {result['baseline']['rulebook']} ({result['baseline']['version']})\n"
+            f"new:      {result['new']['rulebook']} ({result['new']['version']})\n"
+            "money in yuan, points in points\n\n")
+    lines = [f"{'':<{width}}  {'baseline':>{cols[0]}}  {'new':>{cols[1]}}  "
+             f"{'change':>{cols[2]}}"]
+    for label, a, b, d in rows:
+        lines.append(f"{label:<{width}}  {a:>{cols[0]}}  {b:>{cols[1]}}  {d:>{cols[2]}}")
+    return head + "\n".join(lines) + "\n"
+
+
 def _engine(_args: argparse.Namespace) -> int:
     import settlement
 
@@ -190,6 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.set_defaults(func=_quote)
     sub.add_parser("engine", help="print which engine implementation is active").set_defaults(
         func=_engine)
+    bt = sub.add_parser("backtest", help="price a history of requests under two rulebooks "
+                        "and report what changes")
+    bt.add_argument("--rules", required=True, help="the new rulebook TOML file")
+    bt.add_argument("--baseline", required=True, help="the current rulebook TOML file")
+    bt.add_argument("--history", required=True,
+                    help="JSONL file: one quote request per line")
+    bt.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    bt.set_defaults(func=_backtest)
     for name, func, text in (
             ("migrate", _migrate, "create or upgrade the ledger database schema"),
             ("verify", _verify, "check the journal's invariants; exit 1 on the first violation")):

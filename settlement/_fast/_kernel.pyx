@@ -8,10 +8,15 @@ differential tests hold it to that. Shape:
 
 * ``_Rules`` is a rulebook compiled once into C arrays and lookup dicts
   (cached in ``Rulebook.compiled["fast"]``).
-* ``quote`` parses the request dict straight into C arrays. Any rejection
-  (or an input shape it does not handle, e.g. an ``int`` subclass) goes to
-  the pure path, which raises the canonical ``RequestError`` (or prices the
-  exotic-but-valid input); ``slow_path_count()`` counts those.
+* ``quote`` parses the request dict straight into a ``Basket`` (C arrays). Any
+  rejection (or an input shape it does not handle, e.g. an ``int`` subclass)
+  goes to the pure path, which raises the canonical ``RequestError`` (or
+  prices the exotic-but-valid input); ``slow_path_count()`` counts those.
+* The stages (``price_items``, ``coupons_check``, ``coupons_pick``,
+  ``price_rest``) are ``nogil`` functions of a ``Basket``. ``quote`` runs them
+  and builds the receipt; ``price_batch`` (the back-test, ``settlement.backtest``)
+  fills a ``Basket`` per basket from NumPy columns, runs the same functions and
+  only adds up totals. There is no second statement of the rules.
 * Money is ``int64``; products that could overflow use ``__int128``.
 """
 
@@ -19,8 +24,7 @@ from cpython.dict cimport PyDict_Copy, PyDict_Size
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport abort, free, malloc
 from libc.string cimport memset
 
@@ -98,14 +102,14 @@ def slow_path_count():
 
 # ---------------------------------------------------------------- arithmetic
 
-cdef inline int64_t fdiv(int64_t a, int64_t b) nogil:
+cdef inline int64_t fdiv(int64_t a, int64_t b) noexcept nogil:
     cdef int64_t q = a / b
     if (a % b != 0) and ((a < 0) != (b < 0)):
         q -= 1
     return q
 
 
-cdef inline int64_t rhu(int64_t x, int64_t bp) nogil:
+cdef inline int64_t rhu(int64_t x, int64_t bp) noexcept nogil:
     return <int64_t>(((<i128>x) * bp + 5000) / 10000)
 
 
@@ -284,8 +288,8 @@ def _iso_micros(value):
 cdef class _Rules:
     """A rulebook compiled for the kernel (built once per rulebook)."""
     cdef object rb, version, zone, offsets
-    cdef dict tier_index, by_sku, by_cat, tpl_index, stores
-    cdef tuple promo_all, tpl_all, promo_source, tpl_code
+    cdef dict tier_index, sku_index, cat_index, tpl_index, stores
+    cdef tuple promo_source, tpl_code
     cdef int ntiers, npromos, ntpls, default_rounding, default_maxc, has_points
     cdef int64_t earn, rp, rc, max_redeem_bp
     # tiers
@@ -314,6 +318,14 @@ cdef class _Rules:
     cdef int* t_hn
     cdef int* spans
     cdef int nspans
+    # lookup tables (see _compile): SKUs, categories, their rule lists
+    cdef int nskus, ncats, all_p0, all_pn, all_t0, all_tn
+    cdef int* lists
+    cdef int* sku_tab       # per SKU: promotions (start, n), templates (start, n), prices
+    cdef int64_t* mprice    # (min_rank, unit_price_cents) pairs
+    cdef int* cat_tab       # per category: promotions (start, n), templates (start, n)
+    cdef uint8_t* cat_flags  # per category: discountable, earns_points
+    cdef int64_t* cat_toff  # [category * ntiers + tier]: tier_off_bp override or -1
 
     def __dealloc__(self):  # pointers start NULL (the object is zeroed on allocation)
         PyMem_Free(self.p_off)
@@ -336,6 +348,12 @@ cdef class _Rules:
         PyMem_Free(self.t_h0)
         PyMem_Free(self.t_hn)
         PyMem_Free(self.spans)
+        PyMem_Free(self.lists)
+        PyMem_Free(self.sku_tab)
+        PyMem_Free(self.mprice)
+        PyMem_Free(self.cat_tab)
+        PyMem_Free(self.cat_flags)
+        PyMem_Free(self.cat_toff)
 
 
 cdef void* _m(Py_ssize_t n) except NULL:
@@ -424,7 +442,6 @@ def _compile(object rb):
         r.p_members[i] = p.members_only
         _window(r, p.window, r.p_wd, r.p_h0, r.p_hn, i)
         _index(i, 0, p, promo_all, by_sku, by_cat)
-    r.promo_all = tuple(promo_all)
     r.promo_source = tuple("promotion:" + p.code for p in promos)
 
     r.t_kind = <int*>_m(sizeof(int) * r.ntpls)
@@ -452,29 +469,62 @@ def _compile(object rb):
         r.t_limit[i] = t.per_order_limit
         _window(r, t.window, r.t_wd, r.t_h0, r.t_hn, i)
         _index(i, 1, t, tpl_all, by_sku, by_cat)
-    r.tpl_all = tuple(tpl_all)
     r.tpl_code = tuple(t.code for t in tpls)
 
-    # sku -> (promotions, templates, member prices ((min_rank, unit), ...))
-    for sku, prices in rb.member_prices.items():
-        by_sku.setdefault(sku, ([], [], []))[2].extend(
-            (mp.min_rank, mp.unit_price_cents) for mp in prices)
-    r.by_sku = {key: (tuple(a), tuple(b), tuple(c)) for key, (a, b, c) in by_sku.items()}
-    # category -> (promotions, templates, discountable, earns, tier_off_bp per tier index or -1)
-    cats = {}
-    for code in set(by_cat) | set(rb.categories):
+    # SKU and category codes -> table index; per index, slices of ``lists`` (promotions,
+    # templates) and ``mprice`` (member prices), so pricing reads C arrays only.
+    for sku in rb.member_prices:
+        by_sku.setdefault(sku, ([], [], []))
+    skus = sorted(by_sku)
+    cat_codes = sorted(set(by_cat) | set(rb.categories))
+    r.sku_index = {code: k for k, code in enumerate(skus)}
+    r.cat_index = {code: k for k, code in enumerate(cat_codes)}
+    r.nskus = len(skus)
+    r.ncats = len(cat_codes)
+    lists = []
+
+    def put(seq):
+        start = len(lists)
+        lists.extend(seq)
+        return start, len(lists) - start
+
+    r.sku_tab = <int*>_m(sizeof(int) * 6 * r.nskus)
+    r.cat_tab = <int*>_m(sizeof(int) * 4 * r.ncats)
+    r.cat_flags = <uint8_t*>_m(2 * r.ncats)
+    r.cat_toff = <int64_t*>_m(sizeof(int64_t) * r.ncats * r.ntiers)
+    prices = [(mp.min_rank, mp.unit_price_cents) for sku in skus
+              for mp in rb.member_prices.get(sku, ())]
+    r.mprice = <int64_t*>_m(sizeof(int64_t) * 2 * len(prices))
+    for k, (mr, mp) in enumerate(prices):
+        r.mprice[2 * k] = mr
+        r.mprice[2 * k + 1] = mp
+    start = 0
+    for k, sku in enumerate(skus):
+        a, b, _ = by_sku[sku]
+        r.sku_tab[6 * k], r.sku_tab[6 * k + 1] = put(a)
+        r.sku_tab[6 * k + 2], r.sku_tab[6 * k + 3] = put(b)
+        r.sku_tab[6 * k + 4] = start
+        r.sku_tab[6 * k + 5] = len(rb.member_prices.get(sku, ()))
+        start += r.sku_tab[6 * k + 5]
+    for k, code in enumerate(cat_codes):
         a, b, _ = by_cat.get(code, ([], [], []))
+        r.cat_tab[4 * k], r.cat_tab[4 * k + 1] = put(a)
+        r.cat_tab[4 * k + 2], r.cat_tab[4 * k + 3] = put(b)
         cat = rb.categories.get(code)
-        if cat is None:
-            cats[code] = (tuple(a), tuple(b), True, True, None)
-        else:
-            offs = tuple(cat.tier_off_bp.get(t.code, -1) for t in tiers)
-            cats[code] = (tuple(a), tuple(b), cat.discountable, cat.earns_points, offs)
-    r.by_cat = cats
+        r.cat_flags[2 * k] = cat is None or cat.discountable
+        r.cat_flags[2 * k + 1] = cat is None or cat.earns_points
+        for i, t in enumerate(tiers):
+            r.cat_toff[k * r.ntiers + i] = -1 if cat is None else cat.tier_off_bp.get(t.code, -1)
+    r.all_p0, r.all_pn = put(promo_all)
+    r.all_t0, r.all_tn = put(tpl_all)
+    r.lists = <int*>_m(sizeof(int) * len(lists))
+    for k, x in enumerate(lists):
+        r.lists[k] = x
     return r
 
 
-cdef inline bint admits(_Rules r, int wd_mask, int h0, int hn, int weekday, int minute):
+cdef inline bint admits(_Rules r, int wd_mask, int h0, int hn, int weekday,
+                        int minute) noexcept nogil:
     cdef int k
     if not (wd_mask >> weekday) & 1:
         return False
@@ -598,14 +648,14 @@ cdef int local_time(_Rules r, int64_t at, int* weekday, int* minute) except -1:
     return 0
 
 
-cdef inline int promo_best(_Rules r, tuple group, uint8_t* active, int64_t g, int64_t* best,
-                           int j):
-    """Best active item promotion of ``group`` (lowest index on a tie); ``j``: best so far."""
-    cdef Py_ssize_t n = PyTuple_GET_SIZE(group), x
-    cdef int k
+cdef inline int promo_best(_Rules r, int start, int n, const uint8_t* active, int64_t g,
+                           int64_t* best, int j) noexcept nogil:
+    """Best active item promotion of ``r.lists[start:start + n]`` (lowest index on a tie);
+    ``j``: best so far."""
+    cdef int x, k
     cdef int64_t a
-    for x in range(n):
-        k = <object>PyTuple_GET_ITEM(group, x)
+    for x in range(start, start + n):
+        k = r.lists[x]
         if not active[k] or r.p_off[k] < 0:
             continue
         a = rhu(g, r.p_off[k])
@@ -650,7 +700,7 @@ cdef struct Search:
     int64_t best_total
 
 
-cdef inline int64_t coupon_take(Search* s, int c, int64_t w, bint ignore_thr) nogil:
+cdef inline int64_t coupon_take(Search* s, int c, int64_t w, bint ignore_thr) noexcept nogil:
     cdef int64_t a
     if s.kind[c] == K_THRESHOLD:
         if w < s.thr[c] and not ignore_thr:
@@ -664,7 +714,7 @@ cdef inline int64_t coupon_take(Search* s, int c, int64_t w, bint ignore_thr) no
     return s.offc[c] if s.offc[c] < w else w
 
 
-cdef int64_t apply_one(Search* s, int c, int depth) nogil:
+cdef int64_t apply_one(Search* s, int c, int depth) noexcept nogil:
     """Apply candidate ``c`` to ``cur``, parts kept at ``depth``; 0 (nothing changed) if it takes nothing."""
     cdef int k, j
     cdef int64_t w = 0, amount
@@ -703,7 +753,7 @@ cdef inline void sort_small(int64_t* a, int n) noexcept nogil:
         a[j + 1] = x
 
 
-cdef bint better(Search* s, int depth, int64_t total) nogil:
+cdef bint better(Search* s, int depth, int64_t total) noexcept nogil:
     """The contract's order: larger total, fewer coupons, earlier expiries, smaller ids."""
     cdef int64_t a[MAX_DEPTH]
     cdef int64_t b[MAX_DEPTH]
@@ -810,6 +860,460 @@ cdef void visit(Search* s, int start, int depth, int64_t total) noexcept nogil:
         undo_one(s, j, depth)
 
 
+# ---------------------------------------------------------------- one basket on C arrays
+#
+# Every stage of the contract runs on a ``Basket``: per-line and per-candidate C arrays
+# plus the request head. ``quote`` fills one from a request dict and turns the result
+# into a receipt; ``price_batch`` fills one per basket from NumPy columns and adds the
+# result into its totals. Both run these same functions: there is one statement of the
+# rules in this module.
+
+cdef struct Basket:
+    # inputs
+    int L, nc, tier, rounding, maxc, weekday, minute
+    bint has_member
+    int64_t at, rank, pb, svb, redeem, paysv
+    int* sku            # [L] the rulebook's SKU table index, -1: none
+    int* cat            # [L] category table index, -1: none
+    int64_t* gross      # [L] unit price * quantity
+    int64_t* qty        # [L]
+    uint8_t* card       # [L] paid by a count card (stage 0)
+    int* ctpl           # [nc] coupon candidates in candidate order: template, -1 unknown
+    int64_t* cfrom      # [nc]
+    int64_t* cuntil     # [nc]
+    int64_t* ckey       # [nc] the id's place in string order (read for the pool only)
+    # outputs
+    int64_t* cur        # [L] net
+    int64_t* cardc
+    int64_t* item
+    int64_t* coup
+    int64_t* offs
+    int64_t* rnd
+    int* src            # [L] item discount source: -1 none, 0 member_price, 1 tier, 2 + k promotion k
+    int* reason         # [nc] R_OK: applied, else why not
+    int napplied
+    int applied[MAX_DEPTH]          # candidates, in application order
+    int64_t applied_amt[MAX_DEPTH]
+    int64_t payable, stored, redeemed, redeemable, earned, pmult
+    # workspace
+    uint8_t* disc
+    uint8_t* earns
+    uint8_t* active     # [npromos]
+    int64_t* rem
+    int* idx
+    int npool
+    int* pool           # [POOL] valid candidates: candidate order, then application order
+    int* loc            # [ntpls] local slot of a template in play, -1
+    int* mat            # [slots * L] eligible lines per slot
+    int* cnt            # [slots]
+    int64_t* tw         # [slots] eligible amount per slot
+    Search* s           # the search, its arrays sized for the workspace's L and maxc
+
+
+cdef inline char* _carve(char* base, Py_ssize_t* off, Py_ssize_t nbytes) noexcept nogil:
+    cdef char* p = base + off[0]
+    off[0] += (nbytes + 15) & ~(<Py_ssize_t>15)
+    return p
+
+
+cdef inline void _carve_all(char* base, Py_ssize_t* off, void*** fields, int n,
+                            Py_ssize_t nbytes) noexcept nogil:
+    """``nbytes`` for each of the ``n`` pointers at ``fields``."""
+    cdef int k
+    for k in range(n):
+        fields[k][0] = _carve(base, off, nbytes)
+
+
+cdef Py_ssize_t layout(_Rules r, Basket* b, char* base, int L, int nc, int maxc,
+                       bint coupons) noexcept nogil:
+    """Point ``b``'s arrays into ``base`` for up to ``L`` lines and ``nc`` candidates;
+    returns the bytes needed (``base`` NULL: only measure). ``coupons``: room for stage 2."""
+    cdef Py_ssize_t off = 0, i8 = sizeof(int64_t), i4 = sizeof(int), slots
+    cdef void** f[9]
+    cdef Search scratch  # measuring: the search's pointers go nowhere
+    cdef Search* s
+    f[:9] = [<void**>&b.gross, <void**>&b.qty, <void**>&b.cur, <void**>&b.cardc,
+             <void**>&b.item, <void**>&b.coup, <void**>&b.offs, <void**>&b.rnd, <void**>&b.rem]
+    _carve_all(base, &off, f, 9, i8 * L)
+    f[:4] = [<void**>&b.sku, <void**>&b.cat, <void**>&b.src, <void**>&b.idx]
+    _carve_all(base, &off, f, 4, i4 * L)
+    f[:3] = [<void**>&b.card, <void**>&b.disc, <void**>&b.earns]
+    _carve_all(base, &off, f, 3, L)
+    b.active = <uint8_t*>_carve(base, &off, r.npromos)
+    f[:3] = [<void**>&b.cfrom, <void**>&b.cuntil, <void**>&b.ckey]
+    _carve_all(base, &off, f, 3, i8 * nc)
+    f[:2] = [<void**>&b.ctpl, <void**>&b.reason]
+    _carve_all(base, &off, f, 2, i4 * nc)
+    if not coupons:
+        return off
+    slots = nc if nc < r.ntpls else r.ntpls
+    b.pool = <int*>_carve(base, &off, i4 * POOL)
+    b.loc = <int*>_carve(base, &off, i4 * r.ntpls)
+    b.mat = <int*>_carve(base, &off, i4 * slots * L)
+    b.cnt = <int*>_carve(base, &off, i4 * slots)
+    b.tw = <int64_t*>_carve(base, &off, i8 * slots)
+    b.s = <Search*>_carve(base, &off, sizeof(Search))
+    s = &scratch if base == NULL else b.s
+    f[:6] = [<void**>&s.expiry, <void**>&s.alone, <void**>&s.thr, <void**>&s.offc,
+             <void**>&s.offbp, <void**>&s.maxoff]
+    _carve_all(base, &off, f, 6, i8 * POOL)
+    f[:6] = [<void**>&s.kind, <void**>&s.tpl, <void**>&s.limit, <void**>&s.idrank,
+             <void**>&s.eoff, <void**>&s.en]
+    _carve_all(base, &off, f, 6, i4 * POOL)
+    s.rem = <int64_t*>_carve(base, &off, i8 * L)
+    s.parts = <int64_t*>_carve(base, &off, i8 * (maxc + 1) * L)  # [depth * L + line]
+    s.stack = <uint8_t*>_carve(base, &off, POOL)
+    s.tcount = <int*>_carve(base, &off, i4 * (r.ntpls + 1))
+    s.eidx = <int*>_carve(base, &off, i4 * POOL * L)
+    return off
+
+
+cdef void price_items(_Rules r, Basket* b) noexcept nogil:
+    """Stage 0 (count cards) and stage 1 (item discount); sets ``pmult`` for stage 6."""
+    cdef int i, j, k, x, st, sk, ct, L = b.L
+    cdef int64_t g, q, a, best, off, pmult = -1
+    for k in range(r.npromos):
+        b.active[k] = (not r.p_members[k] or b.has_member) and r.p_from[k] <= b.at < r.p_until[k] \
+            and admits(r, r.p_wd[k], r.p_h0[k], r.p_hn[k], b.weekday, b.minute)
+        if b.active[k] and r.p_mult[k] >= 0 and r.p_mult[k] > pmult:
+            pmult = r.p_mult[k]
+    b.pmult = pmult
+    for i in range(L):
+        g = b.gross[i]
+        q = b.qty[i]
+        sk = b.sku[i]
+        ct = b.cat[i]
+        b.cardc[i] = b.item[i] = b.coup[i] = b.offs[i] = b.rnd[i] = 0
+        b.src[i] = -1
+        b.earns[i] = ct < 0 or r.cat_flags[2 * ct + 1]
+        if b.card[i]:
+            b.cardc[i] = g
+            b.cur[i] = 0
+            b.disc[i] = 0
+            continue
+        b.cur[i] = g
+        b.disc[i] = ct < 0 or r.cat_flags[2 * ct]
+        if not b.disc[i]:
+            continue
+        best = 0
+        if b.tier >= 0:
+            if sk >= 0 and r.sku_tab[6 * sk + 5]:
+                a = -1
+                st = r.sku_tab[6 * sk + 4]
+                for x in range(st, st + r.sku_tab[6 * sk + 5]):
+                    if r.mprice[2 * x] <= b.rank and (a < 0 or r.mprice[2 * x + 1] < a):
+                        a = r.mprice[2 * x + 1]
+                if a >= 0:
+                    a = g - a * q
+                    if a > best:
+                        best = a
+                        b.src[i] = 0
+            off = r.tier_off[b.tier]
+            if ct >= 0 and r.cat_toff[ct * r.ntiers + b.tier] >= 0:
+                off = r.cat_toff[ct * r.ntiers + b.tier]
+            a = rhu(g, off)
+            if a > best:
+                best = a
+                b.src[i] = 1
+        j = promo_best(r, r.all_p0, r.all_pn, b.active, g, &best, -1)
+        if sk >= 0:
+            j = promo_best(r, r.sku_tab[6 * sk], r.sku_tab[6 * sk + 1], b.active, g, &best, j)
+        if ct >= 0:
+            j = promo_best(r, r.cat_tab[4 * ct], r.cat_tab[4 * ct + 1], b.active, g, &best, j)
+        if j >= 0:
+            b.src[i] = 2 + j
+        b.item[i] = best
+        b.cur[i] = g - best
+
+
+cdef void coupons_check(_Rules r, Basket* b) noexcept nogil:
+    """Stage 2, first half: every candidate checked alone, eligible lines per template, and
+    the pool (the first POOL valid candidates). The pool's ``ckey`` must be set before
+    ``coupons_pick``."""
+    cdef int i, t, c, k, x, st, n, nt = 0, L = b.L
+    cdef int64_t w
+    cdef Search one  # stand-alone takes read the template's own fields
+    cdef Search* s = &one
+    b.npool = 0
+    if b.nc == 0:
+        return
+    if not b.has_member:
+        for i in range(b.nc):
+            b.reason[i] = R_UNKNOWN
+        return
+    for t in range(r.ntpls):
+        b.loc[t] = -1
+    for i in range(b.nc):
+        t = b.ctpl[i]
+        if t < 0:
+            b.reason[i] = R_UNKNOWN
+        elif b.at < b.cfrom[i]:
+            b.reason[i] = R_NOT_YET
+        elif b.at >= b.cuntil[i]:
+            b.reason[i] = R_EXPIRED
+        elif not admits(r, r.t_wd[t], r.t_h0[t], r.t_hn[t], b.weekday, b.minute):
+            b.reason[i] = R_HOURS
+        elif r.t_rank[t] > b.rank:
+            b.reason[i] = R_TIER
+        else:
+            b.reason[i] = R_OK
+            if b.loc[t] < 0:
+                b.loc[t] = nt
+                nt += 1
+    if nt == 0:
+        return
+    # eligibility: discountable lines with an amount, matching the template
+    memset(b.cnt, 0, sizeof(int) * nt)
+    for i in range(L):
+        if not b.disc[i] or b.cur[i] <= 0:
+            continue
+        for x in range(r.all_t0, r.all_t0 + r.all_tn):
+            c = b.loc[r.lists[x]]
+            if c >= 0:
+                b.mat[c * L + b.cnt[c]] = i
+                b.cnt[c] += 1
+        for k in range(2):
+            if k == 0:
+                if b.sku[i] < 0:
+                    continue
+                st = r.sku_tab[6 * b.sku[i] + 2]
+                n = r.sku_tab[6 * b.sku[i] + 3]
+            else:
+                if b.cat[i] < 0:
+                    continue
+                st = r.cat_tab[4 * b.cat[i] + 2]
+                n = r.cat_tab[4 * b.cat[i] + 3]
+            for x in range(st, st + n):
+                c = b.loc[r.lists[x]]
+                # a template naming both the sku and the category counts the line once
+                if c < 0 or (b.cnt[c] and b.mat[c * L + b.cnt[c] - 1] == i):
+                    continue
+                b.mat[c * L + b.cnt[c]] = i
+                b.cnt[c] += 1
+    for c in range(nt):
+        w = 0
+        for k in range(b.cnt[c]):
+            w += b.cur[b.mat[c * L + k]]
+        b.tw[c] = w
+    # stand-alone checks and the pool
+    for i in range(b.nc):
+        if b.reason[i] != R_OK:
+            continue
+        t = b.ctpl[i]
+        w = b.tw[b.loc[t]]
+        s.kind = r.t_kind + t
+        s.thr = r.t_thr + t
+        s.offc = r.t_offc + t
+        s.offbp = r.t_offbp + t
+        s.maxoff = r.t_max + t
+        if w == 0 or coupon_take(s, 0, w, True) == 0:
+            b.reason[i] = R_NO_LINES
+        elif r.t_kind[t] == K_THRESHOLD and w < r.t_thr[t]:
+            b.reason[i] = R_THRESHOLD
+        elif b.npool < POOL:
+            b.pool[b.npool] = i
+            b.npool += 1
+        else:
+            b.reason[i] = R_NOT_COMB
+
+
+cdef inline bint sorts_before(int64_t a1, int64_t a2, int64_t b1, int64_t b2) noexcept nogil:
+    return a1 < b1 or (a1 == b1 and a2 < b2)
+
+
+cdef inline void sorted_insert(const int64_t* suffix, int n, int64_t x,
+                               int64_t* out) noexcept nogil:
+    """``out[:n + 1] = sorted(suffix[:n] + [x])`` for a sorted ``suffix``."""
+    cdef int q, a = 0
+    for q in range(n):
+        if a == 0 and suffix[q] > x:
+            out[q] = x
+            a = 1
+        out[q + a] = suffix[q]
+    if a == 0:
+        out[n] = x
+
+
+cdef void coupons_pick(_Rules r, Basket* b) noexcept nogil:
+    """Stage 2, second half: the best subset of the pool, applied in application order."""
+    cdef int npool = b.npool, L = b.L, maxc = b.maxc, i, j, k, q, t, c, depth, x, y
+    cdef int ap[POOL]
+    cdef int64_t a
+    cdef Search* s = b.s
+    cdef int* pool = b.pool
+    b.napplied = 0
+    if npool == 0:
+        return
+    # application order: kind, then id
+    for j in range(1, npool):
+        x = pool[j]
+        k = j - 1
+        while k >= 0 and sorts_before(r.t_kind[b.ctpl[x]], b.ckey[x],
+                                      r.t_kind[b.ctpl[pool[k]]], b.ckey[pool[k]]):
+            pool[k + 1] = pool[k]
+            k -= 1
+        pool[k + 1] = x
+    # runs of one template: the same operation, re-sorted by (expiry, id); see visit()
+    for j in range(npool):
+        ap[j] = j
+    k = 0
+    while k < npool:
+        q = k + 1
+        while q < npool and b.ctpl[pool[q]] == b.ctpl[pool[k]]:
+            q += 1
+        for j in range(k + 1, q):
+            x = pool[j]
+            y = ap[j]
+            i = j - 1
+            while i >= k and sorts_before(b.cuntil[x], b.ckey[x],
+                                          b.cuntil[pool[i]], b.ckey[pool[i]]):
+                pool[i + 1] = pool[i]
+                ap[i + 1] = ap[i]
+                i -= 1
+            pool[i + 1] = x
+            ap[i + 1] = y
+        k = q
+    s.n = npool
+    s.k = maxc
+    s.L = L
+    s.cur = b.cur
+    memset(s.tcount, 0, sizeof(int) * (r.ntpls + 1))
+    for j in range(npool):
+        i = pool[j]
+        t = b.ctpl[i]
+        c = b.loc[t]
+        s.kind[j] = r.t_kind[t]
+        s.thr[j] = r.t_thr[t]
+        s.offc[j] = r.t_offc[t]
+        s.offbp[j] = r.t_offbp[t]
+        s.maxoff[j] = r.t_max[t]
+        s.stack[j] = r.t_stack[t]
+        s.tpl[j] = t
+        s.limit[j] = r.t_limit[t]
+        s.expiry[j] = b.cuntil[i]
+        s.idrank[j] = <int>b.ckey[i]
+        s.appl[j] = ap[j]
+        s.samerun[j] = j > 0 and b.ctpl[pool[j - 1]] == t
+        s.eoff[j] = j * L
+        s.en[j] = b.cnt[c]
+        for k in range(b.cnt[c]):
+            s.eidx[j * L + k] = b.mat[c * L + k]
+        s.alone[j] = coupon_take(s, j, b.tw[c], False)
+    # topsum[j][q]: the q largest stand-alone takes among pool[j:]
+    for q in range(MAX_DEPTH + 1):
+        s.topsum[npool][q] = 0
+    for j in range(npool - 1, -1, -1):
+        # sorted suffix expiries and id ranks: suffix j = insert(j, suffix j + 1)
+        sorted_insert(s.sufexp[j + 1], npool - 1 - j, s.expiry[j], s.sufexp[j])
+        sorted_insert(s.sufid[j + 1], npool - 1 - j, s.idrank[j], s.sufid[j])
+        for q in range(MAX_DEPTH + 1):
+            a = s.topsum[j + 1][q]
+            if q > 0 and s.topsum[j + 1][q - 1] + s.alone[j] > a:
+                a = s.topsum[j + 1][q - 1] + s.alone[j]
+            s.topsum[j][q] = a
+    s.best_n = 0
+    s.best_total = 0
+    if maxc > 0:
+        # Seed the incumbent with the best single coupon (a valid subset: every pool
+        # member takes alone), so the bound prunes from the first branch on.
+        for j in range(npool):
+            s.chosen[0] = j
+            if better(s, 1, s.alone[j]):
+                set_best(s, 1, s.alone[j])
+        visit(s, 0, 0, 0)
+        # apply in the true application order (runs were re-sorted for the search)
+        for depth in range(1, s.best_n):
+            j = s.best[depth]
+            q = depth - 1
+            while q >= 0 and s.appl[s.best[q]] > s.appl[j]:
+                s.best[q + 1] = s.best[q]
+                q -= 1
+            s.best[q + 1] = j
+    # the pool's losers are NOT_COMBINABLE; apply the winner for real
+    for j in range(npool):
+        b.reason[pool[j]] = R_NOT_COMB
+    for depth in range(s.best_n):
+        j = s.best[depth]
+        i = pool[j]
+        a = apply_one(s, j, 0)
+        for k in range(s.en[j]):
+            b.coup[s.eidx[j * L + k]] += s.parts[s.eidx[j * L + k]]
+        b.reason[i] = R_OK
+        b.applied[depth] = i
+        b.applied_amt[depth] = a
+    b.napplied = s.best_n
+
+
+cdef void price_rest(_Rules r, Basket* b) noexcept nogil:
+    """Stages 3 (points offset) to 6 (points earned)."""
+    cdef int i, j, k, L = b.L
+    cdef int64_t base, cap, possible, blocks, total, dropped, stored, mult
+    # -- stage 3: points offset
+    b.redeemed = b.redeemable = 0
+    if b.has_member and r.has_points:
+        base = 0
+        k = 0
+        for i in range(L):
+            if b.disc[i]:
+                base += b.cur[i]
+                if b.cur[i] > 0:
+                    b.idx[k] = i
+                    k += 1
+        cap = <int64_t>((<i128>base) * r.max_redeem_bp / 10000)
+        possible = b.pb / r.rp
+        if cap / r.rc < possible:
+            possible = cap / r.rc
+        blocks = b.redeem / r.rp
+        if possible < blocks:
+            blocks = possible
+        b.redeemable = possible * r.rp
+        b.redeemed = blocks * r.rp
+        if blocks > 0:
+            alloc_lines(blocks * r.rc, b.idx, k, b.cur, base, b.offs, b.rem)
+            for j in range(k):
+                b.cur[b.idx[j]] -= b.offs[b.idx[j]]
+    # -- stage 4: rounding
+    total = 0
+    k = 0
+    for i in range(L):
+        total += b.cur[i]
+        if b.cur[i] > 0:
+            b.idx[k] = i
+            k += 1
+    dropped = 0 if b.rounding == 0 else (total % 10 if b.rounding == 1 else total % 100)
+    if dropped > 0:
+        alloc_lines(dropped, b.idx, k, b.cur, total, b.rnd, b.rem)
+        for j in range(k):
+            b.cur[b.idx[j]] -= b.rnd[b.idx[j]]
+    # -- stage 5: tender
+    b.payable = total - dropped
+    stored = 0
+    if b.has_member:
+        stored = b.paysv
+        if b.svb < stored:
+            stored = b.svb
+        if b.payable < stored:
+            stored = b.payable
+    b.stored = stored
+    # -- stage 6: points earned
+    b.earned = 0
+    if b.has_member and r.has_points:
+        base = 0
+        for i in range(L):
+            if b.earns[i]:
+                base += b.cur[i]
+        mult = r.tier_mult[b.tier] * (b.pmult if b.pmult >= 0 else 10000) / 10000
+        b.earned = <int64_t>((<i128>base) * r.earn * mult / 1000000)
+
+
+cdef void price_basket(_Rules r, Basket* b) noexcept nogil:
+    """Every stage, for a basket whose candidates' ``ckey`` are all set."""
+    price_items(r, b)
+    coupons_check(r, b)
+    coupons_pick(r, b)
+    price_rest(r, b)
+
+
 # ---------------------------------------------------------------- quote
 
 def prepare(rulebook):
@@ -841,45 +1345,18 @@ cdef object _quote(_Rules r, object request):
     if lines_obj is None:
         raise _Reject()
     cdef list lines = want_list(lines_obj, 1, MAX_LINES)
-    cdef int L = <int>PyList_GET_SIZE(lines)
-
-    # One block for every per-line array of this quote.
-    cdef Py_ssize_t words = 14 * L + 16
-    cdef int64_t* mem = <int64_t*>PyMem_Malloc(sizeof(int64_t) * words)
-    if mem == NULL:
-        raise MemoryError()
-    try:
-        return _price(r, req, at, store, lines, L, mem)
-    finally:
-        PyMem_Free(mem)
+    return _price(r, req, at, store, lines, <int>PyList_GET_SIZE(lines))
 
 
-cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int L,
-                   int64_t* mem):
-    cdef int64_t* gross = mem
-    cdef int64_t* cur = mem + L
-    cdef int64_t* cardc = mem + 2 * L
-    cdef int64_t* item = mem + 3 * L
-    cdef int64_t* coup = mem + 4 * L
-    cdef int64_t* offs = mem + 5 * L
-    cdef int64_t* rnd = mem + 6 * L
-    cdef int64_t* qty = mem + 7 * L
-    cdef int64_t* rem = mem + 8 * L
-    cdef int* idx = <int*>(mem + 9 * L)      # 2 ints per word: L ints
-    cdef uint8_t* disc = <uint8_t*>(mem + 10 * L)
-    cdef uint8_t* earns = <uint8_t*>(mem + 11 * L)
-    cdef int i, j, k, weekday = 0, minute = 0, tier = -1, rounding, maxc
-    cdef int64_t rank = -1, pb = 0, svb = 0, redeem = 0, paysv = 0, up, q, g, best, a
-    cdef int64_t total, base, cap, possible, blocks, dropped, payable, stored, earned, mult
-    cdef int64_t pmult, off
+cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int L):
+    """Parse the rest of ``req`` into a ``Basket``, run the stages, build the receipt."""
+    cdef Basket b
+    cdef int i, j, k, tier = -1, weekday = 0, minute = 0, nc = 0
+    cdef int64_t rank = -1, pb = 0, svb = 0, redeem = 0, paysv = 0, q, n_used
     cdef bint has_member, auto
     cdef dict line, d, m = None
-    cdef PyObject *p, *p2, *p3, *p4, *p5, *pc, *ps
-    cdef PyObject** catp = <PyObject**>(mem + 12 * L)
-    cdef PyObject** skup = <PyObject**>(mem + 13 * L)
-    cdef list item_src = [""] * L
+    cdef PyObject *p, *p2, *p3, *p4, *p5
     cdef list sku_of = [None] * L
-    cdef list cat_of = [None] * L
     cdef list card_of = [None] * L
 
     # -- request head
@@ -908,7 +1385,7 @@ cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int
         paysv = want_int(get(req, "pay_stored_value_cents"), 0, MAX_AMOUNT)
 
     # -- member
-    cdef list held_ids = [], held_tpl = [], cards = []
+    cdef list held_ids = [], held_tpl = []
     cdef dict held_index = {}, card_index = {}
     cdef list held_from = [], held_until = []
     if has_member:
@@ -961,17 +1438,39 @@ cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int
 
     local_time(r, at, &weekday, &minute)
 
-    # -- lines, stage 0 (count cards) and stage 1 (item discount)
-    cdef uint8_t* active = <uint8_t*>PyMem_Malloc(r.npromos + 1)
-    if active == NULL:
+    # -- coupon candidates, in candidate order (presented, or by expiry then id)
+    cdef list cand_ids = None
+    cdef list cand_h = None
+    if has_member and auto:
+        cand_h = [h for _, _, h in sorted(zip(held_until, held_ids, range(len(held_ids))))]
+        cand_ids = [held_ids[h] for h in cand_h]
+    elif presented:
+        cand_ids = presented
+    if cand_ids is not None:
+        nc = len(cand_ids)
+    st = r.stores.get(store)
+    rounding, maxc = (r.default_rounding, r.default_maxc) if st is None else st
+
+    cdef Py_ssize_t size = layout(r, &b, NULL, L, nc, maxc, has_member and nc > 0)
+    cdef char* mem = <char*>PyMem_Malloc(size)
+    if mem == NULL:
         raise MemoryError()
+    layout(r, &b, mem, L, nc, maxc, has_member and nc > 0)
     try:
-        pmult = -1
-        for k in range(r.npromos):
-            active[k] = (not r.p_members[k] or has_member) and r.p_from[k] <= at < r.p_until[k] \
-                and admits(r, r.p_wd[k], r.p_h0[k], r.p_hn[k], weekday, minute)
-            if active[k] and r.p_mult[k] >= 0 and r.p_mult[k] > pmult:
-                pmult = r.p_mult[k]
+        b.L = L
+        b.nc = nc
+        b.at = at
+        b.weekday = weekday
+        b.minute = minute
+        b.has_member = has_member
+        b.tier = tier
+        b.rank = rank
+        b.pb = pb
+        b.svb = svb
+        b.redeem = redeem
+        b.paysv = paysv
+        b.rounding = rounding
+        b.maxc = maxc
         for i in range(L):
             line = want_dict(<object>PyList_GET_ITEM(lines, i))
             p = PyDict_GetItem(line, "sku")
@@ -987,173 +1486,83 @@ cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int
                     raise _Reject()
             sku = want_code(<object>p)
             cat = want_code(<object>p2)
-            up = want_int(<object>p3, 0, MAX_UNIT_PRICE)
             q = want_int(<object>p4, 1, MAX_QUANTITY)
+            b.gross[i] = want_int(<object>p3, 0, MAX_UNIT_PRICE) * q
+            b.qty[i] = q
             sku_of[i] = sku
-            cat_of[i] = cat
-            g = up * q
-            gross[i] = g
-            qty[i] = q
-            cardc[i] = item[i] = coup[i] = offs[i] = rnd[i] = 0
-            pc = PyDict_GetItem(r.by_cat, cat)
-            ps = PyDict_GetItem(r.by_sku, sku)
-            catp[i] = pc
-            skup[i] = ps
-            earns[i] = pc == NULL or (<tuple>pc)[3]
-            if p5 != NULL and <object>p5 is not None:
+            p = PyDict_GetItem(r.sku_index, sku)
+            b.sku[i] = -1 if p == NULL else <int>(<object>p)
+            p = PyDict_GetItem(r.cat_index, cat)
+            b.cat[i] = -1 if p == NULL else <int>(<object>p)
+            b.card[i] = p5 != NULL and <object>p5 is not None
+            if b.card[i]:
                 card_of[i] = want_code(<object>p5)
-                cardc[i] = g
-                cur[i] = 0
-                disc[i] = 0
+
+        # -- count card checks (same order of checks as the pure parser)
+        uses_by_card = {}
+        for i in range(L):
+            kid = card_of[i]
+            if kid is None:
                 continue
-            cur[i] = g
-            disc[i] = pc == NULL or (<tuple>pc)[2]
-            if not disc[i]:
-                continue
-            best = 0
-            src = ""
-            if tier >= 0:
-                if ps != NULL and PyTuple_GET_SIZE((<tuple>ps)[2]):
-                    a = -1
-                    for mr, mp in (<tuple>ps)[2]:
-                        if mr <= rank and (a < 0 or mp < a):
-                            a = mp
-                    if a >= 0:
-                        a = g - a * q
-                        if a > best:
-                            best = a
-                            src = "member_price"
-                off = r.tier_off[tier]
-                if pc != NULL and (<tuple>pc)[4] is not None:
-                    a = (<tuple>pc)[4][tier]
-                    if a >= 0:
-                        off = a
-                a = rhu(g, off)
-                if a > best:
-                    best = a
-                    src = "tier"
-            j = promo_best(r, r.promo_all, active, g, &best, -1)
-            if ps != NULL:
-                j = promo_best(r, <tuple>(<tuple>ps)[0], active, g, &best, j)
-            if pc != NULL:
-                j = promo_best(r, <tuple>(<tuple>pc)[0], active, g, &best, j)
-            if j >= 0:
-                src = r.promo_source[j]
-            item[i] = best
-            item_src[i] = src
-            cur[i] = g - best
+            info = card_index.get(kid)
+            if info is None or at >= <int64_t>info[2] or sku_of[i] not in info[0]:
+                raise _Reject()
+            n_used = uses_by_card.get(kid, 0) + b.qty[i]
+            if n_used > info[1]:
+                raise _Reject()
+            uses_by_card[kid] = n_used
+
+        if has_member:
+            for i in range(nc):
+                h = held_index.get(cand_ids[i]) if cand_h is None else cand_h[i]
+                b.ctpl[i] = -1
+                if h is not None:
+                    p = PyDict_GetItem(r.tpl_index, held_tpl[h])
+                    if p != NULL:
+                        b.ctpl[i] = <object>p
+                        b.cfrom[i] = held_from[h]
+                        b.cuntil[i] = held_until[h]
+
+        price_items(r, &b)
+        coupons_check(r, &b)
+        if b.npool:  # the pool's ids in string order
+            ranked = sorted([(cand_ids[b.pool[j]], b.pool[j]) for j in range(b.npool)])
+            for k in range(b.npool):
+                b.ckey[<int>ranked[k][1]] = k
+        coupons_pick(r, &b)
+        price_rest(r, &b)
+        return _receipt(r, &b, cand_ids, uses_by_card)
     finally:
-        PyMem_Free(active)
+        PyMem_Free(mem)
 
-    # -- count card checks (same order of checks as the pure parser)
-    cdef dict uses_by_card = {}
-    for i in range(L):
-        kid = card_of[i]
-        if kid is None:
-            continue
-        info = card_index.get(kid)
-        if info is None or at >= <int64_t>info[2] or sku_of[i] not in info[0]:
-            raise _Reject()
-        n_used = uses_by_card.get(kid, 0) + qty[i]
-        if n_used > info[1]:
-            raise _Reject()
-        uses_by_card[kid] = n_used
 
-    # -- stage 2: coupons
-    maxc = r.default_maxc
-    rounding = r.default_rounding
-    st = r.stores.get(store)
-    if st is not None:
-        rounding, maxc = st
-    applied = []
-    rejected = []
-    if has_member and (auto or presented):
-        _coupons(r, L, at, weekday, minute, rank, maxc, auto, presented, held_ids, held_tpl,
-                 held_from, held_until, held_index, skup, catp, disc, cur, coup, rem, idx,
-                 applied, rejected)
-    elif presented:
-        rejected = [{"id": x, "reason": "UNKNOWN_COUPON"} for x in presented]
-
-    # -- stage 3: points offset
-    cdef int64_t redeemed = 0, redeemable = 0
-    if has_member and r.has_points:
-        base = 0
-        k = 0
-        for i in range(L):
-            if disc[i]:
-                base += cur[i]
-                if cur[i] > 0:
-                    idx[k] = i
-                    k += 1
-        cap = <int64_t>((<i128>base) * r.max_redeem_bp / 10000)
-        possible = pb / r.rp
-        if cap / r.rc < possible:
-            possible = cap / r.rc
-        blocks = redeem / r.rp
-        if possible < blocks:
-            blocks = possible
-        redeemable = possible * r.rp
-        redeemed = blocks * r.rp
-        if blocks > 0:
-            alloc_lines(blocks * r.rc, idx, k, cur, base, offs, rem)
-            for j in range(k):
-                cur[idx[j]] -= offs[idx[j]]
-
-    # -- stage 4: rounding
-    total = 0
-    k = 0
-    for i in range(L):
-        total += cur[i]
-        if cur[i] > 0:
-            idx[k] = i
-            k += 1
-    dropped = 0 if rounding == 0 else (total % 10 if rounding == 1 else total % 100)
-    if dropped > 0:
-        alloc_lines(dropped, idx, k, cur, total, rnd, rem)
-        for j in range(k):
-            cur[idx[j]] -= rnd[idx[j]]
-
-    # -- stage 5: tender
-    payable = total - dropped
-    stored = 0
-    if has_member:
-        stored = paysv
-        if svb < stored:
-            stored = svb
-        if payable < stored:
-            stored = payable
-
-    # -- stage 6: points earned
-    earned = 0
-    if has_member and r.has_points:
-        base = 0
-        for i in range(L):
-            if earns[i]:
-                base += cur[i]
-        mult = r.tier_mult[tier] * (pmult if pmult >= 0 else 10000) / 10000
-        earned = <int64_t>((<i128>base) * r.earn * mult / 1000000)
-
-    # -- receipt
-    out_lines = []
+cdef dict _receipt(_Rules r, Basket* b, list cand_ids, dict uses_by_card):
+    cdef int i
+    cdef dict d
+    cdef list out_lines = []
     cdef int64_t s_gross = 0, s_card = 0, s_item = 0, s_coup = 0, s_offs = 0, s_rnd = 0
-    for i in range(L):
-        s_gross += gross[i]; s_card += cardc[i]; s_item += item[i]
-        s_coup += coup[i]; s_offs += offs[i]; s_rnd += rnd[i]
+    for i in range(b.L):
+        s_gross += b.gross[i]; s_card += b.cardc[i]; s_item += b.item[i]
+        s_coup += b.coup[i]; s_offs += b.offs[i]; s_rnd += b.rnd[i]
         d = PyDict_Copy(_LINE)  # same key order; replacing values beats inserting keys
-        d["gross_cents"] = gross[i]
-        if cardc[i]:
-            d["count_card_cents"] = cardc[i]
-        if item[i]:
-            d["item_discount_cents"] = item[i]
-            d["item_discount_source"] = item_src[i]
-        if coup[i]:
-            d["coupon_discount_cents"] = coup[i]
-        if offs[i]:
-            d["points_offset_cents"] = offs[i]
-        if rnd[i]:
-            d["rounding_cents"] = rnd[i]
-        d["net_cents"] = cur[i]
+        d["gross_cents"] = b.gross[i]
+        if b.cardc[i]:
+            d["count_card_cents"] = b.cardc[i]
+        if b.item[i]:
+            d["item_discount_cents"] = b.item[i]
+            d["item_discount_source"] = _source(r, b.src[i])
+        if b.coup[i]:
+            d["coupon_discount_cents"] = b.coup[i]
+        if b.offs[i]:
+            d["points_offset_cents"] = b.offs[i]
+        if b.rnd[i]:
+            d["rounding_cents"] = b.rnd[i]
+        d["net_cents"] = b.cur[i]
         out_lines.append(d)
+    applied = [{"id": cand_ids[b.applied[i]], "template": r.tpl_code[b.ctpl[b.applied[i]]],
+                "discount_cents": b.applied_amt[i]} for i in range(b.napplied)]
+    rejected = [{"id": cand_ids[i], "reason": REASONS[b.reason[i]]}
+                for i in range(b.nc) if b.reason[i] != R_OK]
     return {
         "lines": out_lines,
         "gross_cents": s_gross,
@@ -1162,12 +1571,12 @@ cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int
         "coupon_discount_cents": s_coup,
         "points_offset_cents": s_offs,
         "rounding_cents": s_rnd,
-        "payable_cents": payable,
-        "stored_value_cents": stored,
-        "due_cents": payable - stored,
-        "points_redeemed": redeemed,
-        "points_redeemable_max": redeemable,
-        "points_earned": earned,
+        "payable_cents": b.payable,
+        "stored_value_cents": b.stored,
+        "due_cents": b.payable - b.stored,
+        "points_redeemed": b.redeemed,
+        "points_redeemable_max": b.redeemable,
+        "points_earned": b.earned,
         "applied_coupons": applied,
         "rejected_coupons": rejected,
         "count_cards_used": [{"id": kid, "uses": uses_by_card[kid]}
@@ -1176,259 +1585,173 @@ cdef object _price(_Rules r, dict req, int64_t at, object store, list lines, int
     }
 
 
-cdef int _coupons(_Rules r, int L, int64_t at, int weekday, int minute, int64_t rank, int maxc,
-                  bint auto, list presented, list held_ids, list held_tpl, list held_from,
-                  list held_until, dict held_index, PyObject** skup, PyObject** catp,
-                  uint8_t* disc, int64_t* cur, int64_t* coup, int64_t* rem, int* idx, list applied,
-                  list rejected) except -1:
-    cdef int nc, i, j, k, c, t, q, nt = 0, npool = 0, depth
-    cdef int64_t w, a
-    cdef PyObject* p
-    cdef list order
-    if auto:
-        order = [h for _, _, h in sorted(zip(held_until, held_ids, range(len(held_ids))))]
-        order = [held_ids[h] for h in order]
-    else:
-        order = presented
-    nc = len(order)
-    cdef int* reasons = <int*>PyMem_Malloc(sizeof(int) * (2 * nc + 1))
-    if reasons == NULL:
+cdef inline object _source(_Rules r, int src):
+    if src == 0:
+        return "member_price"
+    if src == 1:
+        return "tier"
+    return r.promo_source[src - 2]
+
+
+# ---------------------------------------------------------------- batch (back-test)
+
+class BatchError(ValueError):
+    """A basket ``price_batch`` cannot price under this rulebook; ``basket`` is its index."""
+
+    def __init__(self, basket, problem):
+        super().__init__(problem)
+        self.basket = basket
+        self.problem = problem
+
+
+def tables(rulebook):
+    """The compiled rulebook's code -> index maps, for encoding columns to this rulebook:
+    ``skus``, ``categories``, ``tiers``, ``templates`` (dicts), ``stores`` (code ->
+    ``(rounding, max_coupons)``), ``store_default``, ``sources`` (index -> item discount
+    source) and ``template_codes`` (index -> code)."""
+    cdef _Rules r = rules_of(rulebook)
+    return {
+        "skus": dict(r.sku_index), "categories": dict(r.cat_index),
+        "tiers": dict(r.tier_index), "templates": dict(r.tpl_index),
+        "stores": dict(r.stores), "store_default": (r.default_rounding, r.default_maxc),
+        "sources": ("member_price", "tier") + r.promo_source, "template_codes": r.tpl_code,
+    }
+
+
+cdef object _py(i128 x):
+    """An exact Python int from a 128-bit sum."""
+    if -(<i128>1 << 62) < x < (<i128>1 << 62):
+        return <int64_t>x
+    return (int(<int64_t>(x >> 64)) << 64) + int(<uint64_t>(x & 0xFFFFFFFFFFFFFFFF))
+
+
+def price_batch(rulebook, const int64_t[::1] at, const int32_t[::1] tier,
+                const int32_t[::1] rounding, const int32_t[::1] maxc,
+                const int64_t[::1] points_balance, const int64_t[::1] stored_value,
+                const int64_t[::1] redeem_points, const int64_t[::1] pay_stored_value,
+                const int64_t[::1] line_start, const int32_t[::1] line_sku,
+                const int32_t[::1] line_cat, const int64_t[::1] line_gross,
+                const int64_t[::1] line_qty, const int64_t[::1] coupon_start,
+                const int32_t[::1] coupon_tpl, const int64_t[::1] coupon_from,
+                const int64_t[::1] coupon_until, const int64_t[::1] coupon_key,
+                const uint8_t[::1] skip):
+    """Price every basket ``n`` with ``skip[n] == 0`` and return the totals.
+
+    Columns are already in this rulebook's indices (see :func:`tables`): per basket
+    ``at`` (epoch micros), ``tier`` (-1: walk-in), the store's ``rounding`` and
+    ``maxc``, the member's amounts, and ``line_start``/``coupon_start`` (length
+    baskets + 1) into the per-line columns (``line_sku``/``line_cat`` -1: not in the
+    rulebook) and the presented coupons (``coupon_tpl`` -1: unknown or not held;
+    ``coupon_key``: the id's rank in string order). No count-card lines, no
+    ``auto_coupons``: those baskets are skipped and priced by the caller.
+    """
+    cdef _Rules r = rules_of(rulebook)
+    cdef Py_ssize_t nb = at.shape[0], n, k
+    cdef int i, maxl = 0, maxn = 0, L, nc
+    cdef int64_t l0, c0
+    cdef Basket b
+    for n in range(nb):
+        if not skip[n]:
+            if line_start[n + 1] - line_start[n] > maxl:
+                maxl = <int>(line_start[n + 1] - line_start[n])
+            if coupon_start[n + 1] - coupon_start[n] > maxn:
+                maxn = <int>(coupon_start[n + 1] - coupon_start[n])
+    cdef Py_ssize_t size = layout(r, &b, NULL, maxl, maxn, MAX_DEPTH, True)
+    cdef char* mem = <char*>PyMem_Malloc(size)
+    cdef int* clock = <int*>PyMem_Malloc(sizeof(int) * 2 * nb + 8)
+    cdef Py_ssize_t nsrc = 2 + r.npromos
+    # totals: 0 baskets, 1 gross, 2 coupon, 3 points offset, 4 rounding, 5 payable,
+    # 6 stored value, 7 due, 8 points redeemed, 9 points earned, 10 item discount
+    cdef i128* acc = <i128*>PyMem_Malloc(sizeof(i128) * (16 + nsrc + 2 * r.ntpls + 9))
+    if mem == NULL or clock == NULL or acc == NULL:
+        PyMem_Free(mem); PyMem_Free(clock); PyMem_Free(acc)
         raise MemoryError()
-    cdef int* cand_tpl = reasons + nc
-    for i in range(nc):
-        reasons[i] = 0
-        cand_tpl[i] = -1
-    # Templates in play get a local slot (loc[t]); their eligible lines are computed once.
-    cdef int* loc = <int*>PyMem_Malloc(sizeof(int) * (r.ntpls + 1))
-    if loc == NULL:
-        PyMem_Free(reasons)
-        raise MemoryError()
-    for t in range(r.ntpls):
-        loc[t] = -1
-    for i in range(nc):
-        p = PyDict_GetItem(held_index, order[i])
-        if p == NULL:
-            reasons[i] = R_UNKNOWN
-            continue
-        h = <object>p
-        p = PyDict_GetItem(r.tpl_index, held_tpl[h])
-        if p == NULL:
-            reasons[i] = R_UNKNOWN
-            continue
-        t = <object>p
-        if at < <int64_t>held_from[h]:
-            reasons[i] = R_NOT_YET
-        elif at >= <int64_t>held_until[h]:
-            reasons[i] = R_EXPIRED
-        elif not admits(r, r.t_wd[t], r.t_h0[t], r.t_hn[t], weekday, minute):
-            reasons[i] = R_HOURS
-        elif r.t_rank[t] > rank:
-            reasons[i] = R_TIER
-        else:
-            cand_tpl[i] = t
-            if loc[t] < 0:
-                loc[t] = nt
-                nt += 1
-    cdef Py_ssize_t words = nt * (L + 2) + 8
-    cdef int* mat = <int*>PyMem_Malloc(sizeof(int) * words)  # eligible lines per local template
-    cdef int* cnt = mat + nt * L
-    cdef int64_t* tw = <int64_t*>PyMem_Malloc(sizeof(int64_t) * (nt + 1))
-    cdef Search* s = <Search*>PyMem_Malloc(sizeof(Search))
-    cdef Py_ssize_t sw = (POOL * 8) + POOL * L + (maxc + 1) * L + L + POOL + 8
-    cdef int64_t* sbuf = <int64_t*>PyMem_Malloc(sizeof(int64_t) * sw)
-    cdef int* ibuf = <int*>PyMem_Malloc(sizeof(int) * (POOL * 10 + POOL * L + r.ntpls + 8))
-    if mat == NULL or tw == NULL or s == NULL or sbuf == NULL or ibuf == NULL:
-        PyMem_Free(loc); PyMem_Free(mat); PyMem_Free(tw); PyMem_Free(s); PyMem_Free(sbuf)
-        PyMem_Free(ibuf); PyMem_Free(reasons)
-        raise MemoryError()
-    cdef tuple group
-    cdef Py_ssize_t x, gn
+    cdef i128* by_src = acc + 16
+    cdef i128* tpl_n = by_src + nsrc
+    cdef i128* tpl_c = tpl_n + r.ntpls
+    cdef i128* rej = tpl_c + r.ntpls
     try:
-        memset(cnt, 0, sizeof(int) * nt)
-        if nt:
-            # eligibility: discountable lines with an amount, matching the template
-            for i in range(L):
-                if not disc[i] or cur[i] <= 0:
+        memset(mem, 0, size)  # the card column stays zero: no count-card lines here
+        memset(acc, 0, sizeof(i128) * (16 + nsrc + 2 * r.ntpls + 9))
+        layout(r, &b, mem, maxl, maxn, MAX_DEPTH, True)
+        for n in range(nb):  # local weekday and minute: the zone lookup needs the GIL
+            if not skip[n]:
+                try:
+                    local_time(r, at[n], clock + 2 * n, clock + 2 * n + 1)
+                except _Reject:
+                    raise BatchError(n, f"at: out of range in timezone {r.zone}") from None
+        with nogil:
+            for n in range(nb):
+                if skip[n]:
                     continue
-                for x in range(PyTuple_GET_SIZE(r.tpl_all)):
-                    c = loc[<int>(<object>PyTuple_GET_ITEM(r.tpl_all, x))]
-                    if c >= 0:
-                        mat[c * L + cnt[c]] = i
-                        cnt[c] += 1
-                for k in range(2):
-                    p = skup[i] if k == 0 else catp[i]
-                    if p == NULL:
-                        continue
-                    group = <tuple>PyTuple_GET_ITEM(<tuple>p, 1)
-                    gn = PyTuple_GET_SIZE(group)
-                    for x in range(gn):
-                        c = loc[<int>(<object>PyTuple_GET_ITEM(group, x))]
-                        # a template naming both the sku and the category counts the line once
-                        if c < 0 or (cnt[c] and mat[c * L + cnt[c] - 1] == i):
-                            continue
-                        mat[c * L + cnt[c]] = i
-                        cnt[c] += 1
-            for c in range(nt):
-                w = 0
-                for k in range(cnt[c]):
-                    w += cur[mat[c * L + k]]
-                tw[c] = w
-        # stand-alone checks and the pool (valid candidates, first POOL of them)
-        pool = []
-        for i in range(nc):
-            t = cand_tpl[i]
-            if t < 0:
-                continue
-            c = loc[t]
-            w = tw[c]
-            s.kind = r.t_kind + t
-            s.thr = r.t_thr + t
-            s.offc = r.t_offc + t
-            s.offbp = r.t_offbp + t
-            s.maxoff = r.t_max + t
-            if w == 0 or coupon_take(s, 0, w, True) == 0:
-                reasons[i] = R_NO_LINES
-            elif r.t_kind[t] == K_THRESHOLD and w < r.t_thr[t]:
-                reasons[i] = R_THRESHOLD
-            elif len(pool) < POOL:
-                pool.append(i)
-            else:
-                reasons[i] = R_NOT_COMB
-        # application order: kind, then id
-        keyed = [(r.t_kind[cand_tpl[<int>ii]], order[ii], ii) for ii in pool]
-        keyed.sort()
-        pool = [kk[2] for kk in keyed]
-        npool = len(pool)
-        appl_pos = None
-        for j in range(1, npool):
-            if cand_tpl[<int>pool[j]] == cand_tpl[<int>pool[j - 1]]:
-                break
-        else:
-            j = 0
-        if j:
-            # runs of one template: the same operation, re-sorted by (expiry, id); see visit()
-            appl_pos = {ii: pos for pos, ii in enumerate(pool)}
-            runs = []
-            k = 0
-            while k < npool:
-                q = k + 1
-                while q < npool and cand_tpl[<int>pool[q]] == cand_tpl[<int>pool[k]]:
-                    q += 1
-                if q - k > 1:
-                    run = [(held_until[held_index[order[ii]]], order[ii], ii)
-                           for ii in pool[k:q]]
-                    run.sort()
-                    runs.extend([rr[2] for rr in run])
-                else:
-                    runs.append(pool[k])
-                k = q
-            pool = runs
-        ids_sorted = sorted([order[ii] for ii in pool])
-        id_rank = {cid: rk for rk, cid in enumerate(ids_sorted)}
-        s.n = npool
-        s.k = maxc
-        s.L = L
-        s.cur = cur
-        s.expiry = sbuf
-        s.alone = sbuf + POOL
-        s.thr = sbuf + 2 * POOL
-        s.offc = sbuf + 3 * POOL
-        s.offbp = sbuf + 4 * POOL
-        s.maxoff = sbuf + 5 * POOL
-        s.rem = sbuf + 6 * POOL  # L words
-        s.parts = sbuf + 6 * POOL + L  # (maxc + 1) * L words
-        s.kind = ibuf
-        s.tpl = ibuf + POOL
-        s.limit = ibuf + 2 * POOL
-        s.idrank = ibuf + 3 * POOL
-        s.eoff = ibuf + 4 * POOL
-        s.en = ibuf + 5 * POOL
-        s.tcount = ibuf + 6 * POOL  # r.ntpls ints
-        s.eidx = ibuf + 6 * POOL + r.ntpls + 8  # POOL * L ints
-        s.stack = <uint8_t*>(sbuf + 6 * POOL + L + (maxc + 1) * L)
-        memset(s.tcount, 0, sizeof(int) * (r.ntpls + 1))
-        for j in range(npool):
-            i = pool[j]
-            t = cand_tpl[i]
-            c = loc[t]
-            s.kind[j] = r.t_kind[t]
-            s.thr[j] = r.t_thr[t]
-            s.offc[j] = r.t_offc[t]
-            s.offbp[j] = r.t_offbp[t]
-            s.maxoff[j] = r.t_max[t]
-            s.stack[j] = r.t_stack[t]
-            s.tpl[j] = t
-            s.limit[j] = r.t_limit[t]
-            s.expiry[j] = held_until[held_index[order[i]]]
-            s.idrank[j] = id_rank[order[i]]
-            s.appl[j] = j if appl_pos is None else appl_pos[i]
-            s.samerun[j] = j > 0 and cand_tpl[<int>pool[j - 1]] == t
-            s.eoff[j] = j * L
-            s.en[j] = cnt[c]
-            for k in range(cnt[c]):
-                s.eidx[j * L + k] = mat[c * L + k]
-            s.alone[j] = coupon_take(s, j, tw[c], False)
-        # topsum[j][q]: the q largest stand-alone takes among pool[j:]
-        for q in range(MAX_DEPTH + 1):
-            s.topsum[npool][q] = 0
-        for j in range(npool - 1, -1, -1):
-            # sorted suffix expiries and id ranks: suffix j = insert(j, suffix j + 1)
-            a = 0
-            for q in range(npool - 1 - j):
-                if a == 0 and s.sufexp[j + 1][q] > s.expiry[j]:
-                    s.sufexp[j][q] = s.expiry[j]
-                    a = 1
-                s.sufexp[j][q + a] = s.sufexp[j + 1][q]
-            if a == 0:
-                s.sufexp[j][npool - 1 - j] = s.expiry[j]
-            a = 0
-            for q in range(npool - 1 - j):
-                if a == 0 and s.sufid[j + 1][q] > s.idrank[j]:
-                    s.sufid[j][q] = s.idrank[j]
-                    a = 1
-                s.sufid[j][q + a] = s.sufid[j + 1][q]
-            if a == 0:
-                s.sufid[j][npool - 1 - j] = s.idrank[j]
-            for q in range(MAX_DEPTH + 1):
-                a = s.topsum[j + 1][q]
-                if q > 0 and s.topsum[j + 1][q - 1] + s.alone[j] > a:
-                    a = s.topsum[j + 1][q - 1] + s.alone[j]
-                s.topsum[j][q] = a
-        s.best_n = 0
-        s.best_total = 0
-        if npool and maxc > 0:
-            # Seed the incumbent with the best single coupon (a valid subset: every pool
-            # member takes alone), so the bound prunes from the first branch on.
-            for j in range(npool):
-                s.chosen[0] = j
-                if better(s, 1, s.alone[j]):
-                    set_best(s, 1, s.alone[j])
-            visit(s, 0, 0, 0)
-            # apply in the true application order (runs were re-sorted for the search)
-            for depth in range(1, s.best_n):
-                j = s.best[depth]
-                q = depth - 1
-                while q >= 0 and s.appl[s.best[q]] > s.appl[j]:
-                    s.best[q + 1] = s.best[q]
-                    q -= 1
-                s.best[q + 1] = j
-        # apply the winner for real, in application order
-        picked = set()
-        for depth in range(s.best_n):
-            j = s.best[depth]
-            i = pool[j]
-            a = apply_one(s, j, 0)
-            for k in range(s.en[j]):
-                coup[s.eidx[j * L + k]] += s.parts[s.eidx[j * L + k]]
-            picked.add(i)
-            applied.append({"id": order[i], "template": r.tpl_code[cand_tpl[i]],
-                            "discount_cents": a})
-        for i in range(nc):
-            if i in picked:
-                continue
-            rejected.append({"id": order[i],
-                             "reason": REASONS[reasons[i] if reasons[i] else R_NOT_COMB]})
+                l0 = line_start[n]
+                c0 = coupon_start[n]
+                L = <int>(line_start[n + 1] - l0)
+                nc = <int>(coupon_start[n + 1] - c0)
+                b.L = L
+                b.nc = nc
+                b.at = at[n]
+                b.weekday = clock[2 * n]
+                b.minute = clock[2 * n + 1]
+                b.tier = tier[n]
+                b.has_member = b.tier >= 0
+                b.rank = r.tier_rank[b.tier] if b.has_member else -1
+                b.pb = points_balance[n]
+                b.svb = stored_value[n]
+                b.redeem = redeem_points[n]
+                b.paysv = pay_stored_value[n]
+                b.rounding = rounding[n]
+                b.maxc = maxc[n]
+                if L > 0:
+                    b.sku = <int*>&line_sku[l0]
+                    b.cat = <int*>&line_cat[l0]
+                    b.gross = <int64_t*>&line_gross[l0]
+                    b.qty = <int64_t*>&line_qty[l0]
+                if nc > 0:
+                    b.ctpl = <int*>&coupon_tpl[c0]
+                    b.cfrom = <int64_t*>&coupon_from[c0]
+                    b.cuntil = <int64_t*>&coupon_until[c0]
+                    b.ckey = <int64_t*>&coupon_key[c0]
+                price_basket(r, &b)
+                acc[0] += 1
+                for i in range(L):
+                    acc[1] += b.gross[i]
+                    acc[2] += b.coup[i]
+                    acc[3] += b.offs[i]
+                    acc[4] += b.rnd[i]
+                    acc[10] += b.item[i]
+                    if b.src[i] >= 0:
+                        by_src[b.src[i]] += b.item[i]
+                acc[5] += b.payable
+                acc[6] += b.stored
+                acc[7] += b.payable - b.stored
+                acc[8] += b.redeemed
+                acc[9] += b.earned
+                for i in range(b.napplied):
+                    tpl_n[b.ctpl[b.applied[i]]] += 1
+                    tpl_c[b.ctpl[b.applied[i]]] += b.applied_amt[i]
+                for i in range(nc):
+                    rej[b.reason[i]] += 1
+        sources = ("member_price", "tier") + r.promo_source
+        return {
+            "baskets": _py(acc[0]),
+            "gross_cents": _py(acc[1]),
+            "count_card_cents": 0,
+            "item_discount_cents": _py(acc[10]),
+            "item_discount_by_source": {sources[k]: _py(by_src[k]) for k in range(nsrc)
+                                        if by_src[k]},
+            "coupon_discount_cents": _py(acc[2]),
+            "coupons_by_template": {r.tpl_code[k]: {"applied": _py(tpl_n[k]),
+                                                    "discount_cents": _py(tpl_c[k])}
+                                    for k in range(r.ntpls) if tpl_n[k]},
+            "rejected_coupons": {REASONS[k]: _py(rej[k]) for k in range(1, 9) if rej[k]},
+            "points_offset_cents": _py(acc[3]),
+            "points_redeemed": _py(acc[8]),
+            "points_earned": _py(acc[9]),
+            "rounding_cents": _py(acc[4]),
+            "payable_cents": _py(acc[5]),
+            "stored_value_cents": _py(acc[6]),
+            "due_cents": _py(acc[7]),
+        }
     finally:
-        PyMem_Free(loc); PyMem_Free(mat); PyMem_Free(tw); PyMem_Free(s); PyMem_Free(sbuf)
-        PyMem_Free(ibuf); PyMem_Free(reasons)
-    return 0
+        PyMem_Free(mem); PyMem_Free(clock); PyMem_Free(acc)
