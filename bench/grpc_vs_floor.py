@@ -233,11 +233,12 @@ def load(target: str, token: str, kind: str, seconds: float, clients: int, membe
     jobs = [(target, token, kind, seconds, seed * 10 + i, members, per[i],
              rate * per[i] / clients if rate else 0.0) for i in range(processes)]
     t0 = time.perf_counter()
+    limit = seconds * 3 + 120  # a client process that died would leave map() waiting
     if pool is None:
         with client_pool() as own:
-            parts = own.map(_process, jobs, chunksize=1)
+            parts = own.map_async(_process, jobs, chunksize=1).get(limit)
     else:
-        parts = pool.map(_process, jobs, chunksize=1)
+        parts = pool.map_async(_process, jobs, chunksize=1).get(limit)
     wall = time.perf_counter() - t0
     lat = sorted(x for part, _ in parts for x in part)
     errors: Counter[str] = Counter()
