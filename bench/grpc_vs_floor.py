@@ -47,7 +47,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 import settlement  # noqa: E402
 from bench.ledger_vs_pgbench import (  # noqa: E402
     LEDGER_DB,
-    PGBENCH_DB,
     RULEBOOK,
     catalogue,
     checkpoint,
@@ -56,6 +55,7 @@ from bench.ledger_vs_pgbench import (  # noqa: E402
     percentile,
     pgbench_run,
     set_up_ledger,
+    start_with_pgbench,
 )
 from settlement.ledger.db import create_ledger_engine  # noqa: E402
 from settlement.ledger.terminals import add_terminal  # noqa: E402
@@ -310,11 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cluster = PostgresCluster(durable=True)
     server = None
     try:
-        log("starting a durable PostgreSQL cluster")
-        cluster.start()
-        cluster.create_database(PGBENCH_DB)
-        cluster.run_pgbench(["-i", "-s", str(args.scale), "-q"], dbname=PGBENCH_DB,
-                            timeout=900)
+        start_with_pgbench(cluster, args.scale)
         url, token = prepare_ledger(cluster, args.members)
         log("pgbench before")
         checkpoint(cluster)

@@ -22,14 +22,12 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # on sys.path: bench/run puts it there
 
 from bench.grpc_vs_floor import (  # noqa: E402
     client_pool,
@@ -40,12 +38,13 @@ from bench.grpc_vs_floor import (  # noqa: E402
     stop_server,
 )
 from bench.ledger_vs_pgbench import (  # noqa: E402
-    PGBENCH_DB,
     CpuMeter,
     checkpoint,
     log,
     machine,
     pgbench_run,
+    quiet,
+    start_with_pgbench,
 )
 from tests.pgcluster import PostgresCluster  # noqa: E402
 
@@ -99,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, help="pgbench -i -s (default 8)")
     p.add_argument("--threads", type=int, default=16, help="server threads per worker")
     p.add_argument("--impl", default="sync", choices=("sync", "aio"), help="server impl")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait up to this long for an idle machine")
     args = p.parse_args(argv)
     defaults = {"seconds": 4.0, "latency_seconds": 6.0, "concurrency": "1,4,16,32",
                 "loads": "0.25,0.5,0.75,0.9,1.1", "fixed_kinds": "ping,quote,settle",
@@ -133,19 +134,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "started": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "pgbench": [], "servers": []}
+    background = quiet(args.wait_quiet)
+    result["background_cores"] = background["machine_busy_cores"]
     cluster = PostgresCluster(durable=True)
     server = None
     pool = None
     phase_seed = 100  # each load phase its own seed, so its own idempotency keys
     try:
-        log("starting a durable PostgreSQL cluster")
-        cluster.start()
-        with cluster.connect("postgres") as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            result["server_version"] = row[0] if row else "?"
-        cluster.create_database(PGBENCH_DB)
-        cluster.run_pgbench(["-i", "-s", str(args.scale), "-q"], dbname=PGBENCH_DB,
-                            timeout=900)
+        result["server_version"] = start_with_pgbench(cluster, args.scale)
         t0 = time.perf_counter()
         url, token = prepare_ledger(cluster, args.members)
         result["setup_s"] = time.perf_counter() - t0
@@ -232,6 +228,15 @@ def _errors(r: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(r.get("errors", {}).items())) or "0"
 
 
+def _by_kind(r: dict[str, Any], phase: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """(kind, workers, row) of every ``phase`` ("closed" or "fixed") row, kind by kind."""
+    for kind in KINDS:
+        for s in r["servers"]:
+            for row in s[phase]:
+                if row["kind"] == kind:
+                    yield kind, s["workers"], row
+
+
 def report(r: dict[str, Any]) -> str:
     """The results as markdown (the PNGs are linked, next to it)."""
     m = r["machine"]
@@ -244,7 +249,9 @@ def report(r: dict[str, Any]) -> str:
            f"{a['seconds']} s; run took {r['duration_s']:.0f} s"
            f"{' (--quick)' if a['quick'] else ''}. Clients: bench/grpc_vs_floor.py's loops, "
            "up to 4 client processes on the same machine, so clients, server and PostgreSQL "
-           "share the cores. One run: figures are noisy.", ""]
+           "share the cores. One run: figures are noisy. Before the run the machine "
+           f"already had {r['background_cores']:.2f} cores busy (other work; ~0 on an idle "
+           "machine).", ""]
     out += ["## Low load: one connection, one call at a time", "",
             "| workers | Ping p50 / p99 ms | Quote walk-in p50 / p99 ms | "
             "Quote member p50 / p99 ms | Quote / Ping p50 |", "| ---: | --- | --- | --- | ---: |"]
@@ -259,15 +266,11 @@ def report(r: dict[str, Any]) -> str:
             "call's start. CPU in cores busy (machine / PostgreSQL).", "",
             "| kind | clients | workers | calls/s | p50 ms | p99 ms | max ms | errors | "
             "CPU machine / PG |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-    for kind in KINDS:
-        for s in r["servers"]:
-            for c in s["closed"]:
-                if c["kind"] != kind:
-                    continue
-                out.append(f"| {kind} | {c['clients']} | {s['workers']} | "
-                           f"{c['per_second']:,.0f} | {_ms(c['p50_ms'])} | {_ms(c['p99_ms'])} | "
-                           f"{_ms(c['max_ms'])} | {_errors(c)} | "
-                           f"{c['machine_cores']:.2f} / {c['postgres_cores']:.2f} |")
+    for kind, workers, c in _by_kind(r, "closed"):
+        out.append(f"| {kind} | {c['clients']} | {workers} | "
+                   f"{c['per_second']:,.0f} | {_ms(c['p50_ms'])} | {_ms(c['p99_ms'])} | "
+                   f"{_ms(c['max_ms'])} | {_errors(c)} | "
+                   f"{c['machine_cores']:.2f} / {c['postgres_cores']:.2f} |")
     out += ["", "## pgbench tpcb-like on the same cluster", "",
             "| clients | TPS | latency avg ms | Settle/s at that concurrency (best workers) "
             "| Settle / pgbench |", "| ---: | ---: | ---: | ---: | ---: |"]
@@ -290,15 +293,11 @@ def report(r: dict[str, Any]) -> str:
             "| kind | workers | offered/s | done/s | p50 ms | p90 ms | p99 ms | p99.9 ms | "
             "max ms | errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
             "| --- |"]
-    for kind in KINDS:
-        for s in r["servers"]:
-            for f in s["fixed"]:
-                if f["kind"] != kind:
-                    continue
-                out.append(f"| {kind} | {s['workers']} | {f['rate_asked']:,.0f} "
-                           f"({f['fraction']:.0%}) | {f['per_second']:,.0f} | "
-                           f"{_ms(f['p50_ms'])} | {_ms(f['p90_ms'])} | {_ms(f['p99_ms'])} | "
-                           f"{_ms(f['p999_ms'])} | {_ms(f['max_ms'])} | {_errors(f)} |")
+    for kind, workers, f in _by_kind(r, "fixed"):
+        out.append(f"| {kind} | {workers} | {f['rate_asked']:,.0f} "
+                   f"({f['fraction']:.0%}) | {f['per_second']:,.0f} | "
+                   f"{_ms(f['p50_ms'])} | {_ms(f['p90_ms'])} | {_ms(f['p99_ms'])} | "
+                   f"{_ms(f['p999_ms'])} | {_ms(f['max_ms'])} | {_errors(f)} |")
     out += ["", "## Plots", ""] + [f"![{name}]({name})" for name in PLOTS]
     return "\n".join(out) + "\n"
 

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
-from locust import between, events  # noqa: E402
+from locust import events  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
 from bench.locust.grpc_user import GrpcUser  # noqa: E402  (runs init_gevent)
@@ -74,7 +74,6 @@ def _token(options: Any) -> str:
 class CheckoutUser(GrpcUser):
     """A till: the task mix of ``--weights`` over the checkout workload."""
 
-    wait_time = between(0.0, 0.0)
     tasks: Any = []  # weighted_tasks(): DEFAULT_WEIGHTS below, --weights in _configure
 
     def on_start(self) -> None:
@@ -88,6 +87,11 @@ class CheckoutUser(GrpcUser):
         self.keys = (f"{RUN}-{os.getpid()}-{number}-{n}" for n in itertools.count())
         self.workload = _workload(options)
         self.settled: deque[tuple[str, int]] = deque(maxlen=50)
+
+    def wait_time(self) -> float:
+        """Seconds to wait between calls: uniform in [0, --think-time] (0: none)."""
+        think = float(self.environment.parsed_options.think_time)
+        return self.rng.uniform(0.0, think) if think > 0 else 0.0
 
     def _call(self, method: Any, request: Any) -> Any:
         """The call; a refusal is already in locust's statistics (the interceptor), so it

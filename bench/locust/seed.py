@@ -19,12 +19,8 @@ import math
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import settlement  # noqa: E402
-from bench.ledger_vs_pgbench import (  # noqa: E402
+import settlement
+from bench.ledger_vs_pgbench import (
     RECHARGE_CENTS,
     RULEBOOK,
     STORE,
@@ -32,14 +28,14 @@ from bench.ledger_vs_pgbench import (  # noqa: E402
     member_id,
     set_up_ledger,
 )
-from bench.locust.workload import (  # noqa: E402
+from bench.locust.workload import (
     MAX_STORED_VALUE_CENTS,
     rank_to_member,
     zipf_cumulative,
 )
-from settlement.ledger.db import create_ledger_engine  # noqa: E402
-from settlement.ledger.service import Ledger  # noqa: E402
-from settlement.ledger.terminals import add_terminal  # noqa: E402
+from settlement.ledger.db import create_ledger_engine
+from settlement.ledger.service import Ledger
+from settlement.ledger.terminals import add_terminal
 
 
 def top_ups(members: int, zipf_s: float, seed: int, checkouts: int) -> dict[int, int]:
