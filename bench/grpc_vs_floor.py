@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
@@ -158,13 +159,32 @@ def closed_loop(target: str, token: str, kind: str, seconds: float, seed: int,
                 out.append((time.perf_counter() - t0) * 1e3)
 
 
-def _process(args: tuple[str, str, str, float, int, int, int, float]
+def schedule(g: int, per_connection: float, offered: float,
+             seconds: float) -> Iterator[float]:
+    """When connection ``g`` of a fixed-rate phase sends its calls, in seconds from the
+    phase's start: every ``1 / per_connection`` s from ``g / offered`` on, while before
+    ``seconds``. Over all the phase's connections (``offered / per_connection`` of them)
+    the calls are evenly spaced, ``offered`` per second."""
+    k = 0
+    while (due := g / offered + k / per_connection) < seconds:
+        yield due
+        k += 1
+
+
+def _process(args: tuple[str, str, str, float, int, int, int, float, int, float, float]
              ) -> tuple[list[float], dict[str, int]]:
     """One client process: ``threads`` connections, closed loop or fixed rate; latencies in
-    ms of the successes and the refusals by status."""
+    ms of the successes and the refusals by status.
+
+    Fixed rate: every connection of the phase sends at ``rate`` / connections, and they are
+    staggered: connection ``g`` (over all processes; this process's first is ``first``)
+    starts ``g / offered`` seconds after the common ``start_at`` (``time.monotonic()``),
+    so the calls arrive evenly spaced at ``offered`` per second, not in bursts of one call per
+    connection."""
     import threading
 
-    target, token, kind, seconds, seed, members, threads, rate = args
+    (target, token, kind, seconds, seed, members, threads, rate, first, offered,
+     start_at) = args
     rate /= threads  # this process's rate, shared by its connections
     results: list[list[float]] = [[] for _ in range(threads)]
     errors: list[Counter[str]] = [Counter() for _ in range(threads)]
@@ -174,23 +194,18 @@ def _process(args: tuple[str, str, str, float, int, int, int, float]
             results[i] = closed_loop(target, token, kind, seconds, seed * 100 + i, members,
                                      errors[i])
             return
-        # fixed rate: call k is due at start + k / rate; latency counts from when it was due
+        # fixed rate (schedule()): latency counts from when the call was due
         with PosClient(target, token, timeout=30) as pos:
             supply = requests_for(kind, seed * 100 + i, members)
             pos.ping()
-            start = time.perf_counter() + 0.05
-            k = 0
-            while True:
-                due = start + k / rate
-                if due - start >= seconds:
-                    return
-                now = time.perf_counter()
+            for offset in schedule(first + i, rate, offered, seconds):
+                due = start_at + offset
+                now = time.monotonic()
                 if due > now:
                     time.sleep(due - now)
                 name, request = next(supply)
                 if call(pos, name, request, errors[i]):
-                    results[i].append((time.perf_counter() - due) * 1e3)
-                k += 1
+                    results[i].append((time.monotonic() - due) * 1e3)
 
     pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
     for t in pool:
@@ -230,8 +245,11 @@ def load(target: str, token: str, kind: str, seconds: float, clients: int, membe
     processes = min(CLIENT_PROCESSES, clients)
     per = [clients // processes + (1 if i < clients % processes else 0)
            for i in range(processes)]
+    # fixed rate: all processes start together, once they can (spawning takes seconds)
+    start_at = time.monotonic() + (1.0 if pool is not None else 5.0)
     jobs = [(target, token, kind, seconds, seed * 10 + i, members, per[i],
-             rate * per[i] / clients if rate else 0.0) for i in range(processes)]
+             rate * per[i] / clients if rate else 0.0, sum(per[:i]), rate, start_at)
+            for i in range(processes)]
     t0 = time.perf_counter()
     limit = seconds * 3 + 120  # a client process that died would leave map() waiting
     if pool is None:

@@ -286,10 +286,11 @@ def report(r: dict[str, Any]) -> str:
         out += ["", f"pgbench again after the servers, {after['clients']} clients: "
                 f"{after['tps']:,.1f} TPS (drift check)."]
     out += ["", "## Fixed rate (open loop): latency vs offered load", "",
-            f"{a['fixed_clients']} connections share the offered rate; call k of a connection is "
-            "due at start + k / rate and its latency counts from then, so a stall delays "
-            "every later call's figure instead of hiding (no coordinated omission). The rate "
-            "is a fraction of the kind's best closed-loop rate with the same workers.", "",
+            f"{a['fixed_clients']} connections share the offered rate, staggered so the calls "
+            "arrive evenly spaced; each call's latency counts from when it was due, so a "
+            "stall delays every later call's figure instead of hiding (no coordinated "
+            "omission). The rate is a fraction of the kind's best closed-loop rate with the "
+            "same workers.", "",
             "| kind | workers | offered/s | done/s | p50 ms | p90 ms | p99 ms | p99.9 ms | "
             "max ms | errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
             "| --- |"]
