@@ -32,6 +32,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 import settlement  # noqa: E402
 from bench.ledger_vs_pgbench import (  # noqa: E402
     LEDGER_DB,
-    PGBENCH_DB,
     RULEBOOK,
     catalogue,
     checkpoint,
@@ -54,6 +56,7 @@ from bench.ledger_vs_pgbench import (  # noqa: E402
     percentile,
     pgbench_run,
     set_up_ledger,
+    start_with_pgbench,
 )
 from settlement.ledger.db import create_ledger_engine  # noqa: E402
 from settlement.ledger.terminals import add_terminal  # noqa: E402
@@ -63,12 +66,14 @@ from tests.pgcluster import PostgresCluster  # noqa: E402
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def serving(target: str) -> bool:
+    """Whether the server at ``target`` answers health checks with SERVING."""
     with grpc.insecure_channel(target) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
@@ -123,11 +128,24 @@ def requests_for(kind: str, seed: int, members: int) -> Any:
                                              basket=basket(spec))
 
 
+def call(pos: PosClient, name: str, request: Any, errors: Counter[str] | None) -> bool:
+    """One call through ``pos``'s stub, no retry; a refusal is counted in ``errors`` by
+    status name (or raised when ``errors`` is None). True when it succeeded."""
+    try:
+        getattr(pos.settlements, name)(request, timeout=30, metadata=pos.metadata)
+    except grpc.RpcError as exc:
+        if errors is None:
+            raise
+        errors[exc.code().name] += 1  # type: ignore[attr-defined]
+        return False
+    return True
+
+
 def closed_loop(target: str, token: str, kind: str, seconds: float, seed: int,
-                members: int) -> list[float]:
-    """Calls one after the other for ``seconds``; latencies in ms (errors raise)."""
+                members: int, errors: Counter[str] | None = None) -> list[float]:
+    """Calls one after the other for ``seconds``; latencies in ms of the successes (errors
+    raise, or are counted in ``errors``)."""
     with PosClient(target, token, timeout=30) as pos:
-        stub = pos.settlements
         supply = requests_for(kind, seed, members)
         pos.ping()
         out: list[float] = []
@@ -137,69 +155,116 @@ def closed_loop(target: str, token: str, kind: str, seconds: float, seed: int,
             t0 = time.perf_counter()
             if t0 >= deadline:
                 return out
-            getattr(stub, name)(request, timeout=30, metadata=pos.metadata)
-            out.append((time.perf_counter() - t0) * 1e3)
+            if call(pos, name, request, errors):
+                out.append((time.perf_counter() - t0) * 1e3)
 
 
-def _thread_loop(args: tuple[Any, ...]) -> list[float]:
-    return closed_loop(*args)
+def schedule(g: int, per_connection: float, offered: float,
+             seconds: float) -> Iterator[float]:
+    """When connection ``g`` of a fixed-rate phase sends its calls, in seconds from the
+    phase's start: every ``1 / per_connection`` s from ``g / offered`` on, while before
+    ``seconds``. Over all the phase's connections (``offered / per_connection`` of them)
+    the calls are evenly spaced, ``offered`` per second."""
+    k = 0
+    while (due := g / offered + k / per_connection) < seconds:
+        yield due
+        k += 1
 
 
-def _process(args: tuple[str, str, str, float, int, int, int, float]) -> list[float]:
-    """One client process: ``threads`` connections, closed loop or fixed rate."""
+def _process(args: tuple[str, str, str, float, int, int, int, float, int, float, float]
+             ) -> tuple[list[float], dict[str, int]]:
+    """One client process: ``threads`` connections, closed loop or fixed rate; latencies in
+    ms of the successes and the refusals by status.
+
+    Fixed rate: every connection of the phase sends at ``rate`` / connections, and they are
+    staggered: connection ``g`` (over all processes; this process's first is ``first``)
+    starts ``g / offered`` seconds after the common ``start_at`` (``time.monotonic()``),
+    so the calls arrive evenly spaced at ``offered`` per second, not in bursts of one call per
+    connection."""
     import threading
 
-    target, token, kind, seconds, seed, members, threads, rate = args
+    (target, token, kind, seconds, seed, members, threads, rate, first, offered,
+     start_at) = args
     rate /= threads  # this process's rate, shared by its connections
     results: list[list[float]] = [[] for _ in range(threads)]
+    errors: list[Counter[str]] = [Counter() for _ in range(threads)]
 
     def run(i: int) -> None:
         if rate <= 0:
-            results[i] = closed_loop(target, token, kind, seconds, seed * 100 + i, members)
+            results[i] = closed_loop(target, token, kind, seconds, seed * 100 + i, members,
+                                     errors[i])
             return
-        # fixed rate: call k is due at start + k / rate; latency counts from when it was due
+        # fixed rate (schedule()): latency counts from when the call was due
         with PosClient(target, token, timeout=30) as pos:
             supply = requests_for(kind, seed * 100 + i, members)
             pos.ping()
-            start = time.perf_counter() + 0.05
-            k = 0
-            while True:
-                due = start + k / rate
-                if due - start >= seconds:
-                    return
-                now = time.perf_counter()
+            for offset in schedule(first + i, rate, offered, seconds):
+                due = start_at + offset
+                now = time.monotonic()
                 if due > now:
                     time.sleep(due - now)
                 name, request = next(supply)
-                getattr(pos.settlements, name)(request, timeout=30, metadata=pos.metadata)
-                results[i].append((time.perf_counter() - due) * 1e3)
-                k += 1
+                if call(pos, name, request, errors[i]):
+                    results[i].append((time.monotonic() - due) * 1e3)
 
     pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
-    return [x for r in results for x in r]
+    total: Counter[str] = Counter()
+    for e in errors:
+        total.update(e)
+    return [x for r in results for x in r], dict(total)
+
+
+CLIENT_PROCESSES = 4
+"""Client processes :func:`load` spreads its connections over (at most)."""
+
+
+def client_pool() -> Pool:
+    """A pool of :data:`CLIENT_PROCESSES` spawned client processes for :func:`load` to reuse
+    (spawning them costs a second or two per phase otherwise)."""
+    return multiprocessing.get_context("spawn").Pool(CLIENT_PROCESSES)
+
+
+def summary(lat: list[float]) -> dict[str, float]:
+    """Percentiles (ms) of sorted latencies: p50, p90, p99, p99.9, max, mean."""
+    return {"p50_ms": percentile(lat, 0.50), "p90_ms": percentile(lat, 0.90),
+            "p99_ms": percentile(lat, 0.99), "p999_ms": percentile(lat, 0.999),
+            "max_ms": lat[-1] if lat else float("nan"),
+            "mean_ms": sum(lat) / len(lat) if lat else float("nan")}
 
 
 def load(target: str, token: str, kind: str, seconds: float, clients: int, members: int,
-         rate: float = 0.0, seed: int = 1) -> dict[str, Any]:
-    """``clients`` connections over 4 processes; ``rate`` > 0: total calls/s, fixed."""
-    processes = min(4, clients)
+         rate: float = 0.0, seed: int = 1, pool: Pool | None = None) -> dict[str, Any]:
+    """``clients`` connections over up to 4 processes; ``rate`` > 0: total calls/s, fixed,
+    latency from each call's scheduled start. ``pool`` (:func:`client_pool`) is reused
+    when given, else spawned for this call. Refusals are counted in ``errors``, by status;
+    ``calls`` and the percentiles are of the successes."""
+    processes = min(CLIENT_PROCESSES, clients)
     per = [clients // processes + (1 if i < clients % processes else 0)
            for i in range(processes)]
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes) as pool:
-        t0 = time.perf_counter()
-        parts = pool.map(_process, [(target, token, kind, seconds, seed * 10 + i, members,
-                                     per[i], rate * per[i] / clients if rate else 0.0)
-                                    for i in range(processes)])
-        wall = time.perf_counter() - t0
-    lat = sorted(x for part in parts for x in part)
+    # fixed rate: all processes start together, once they can (spawning takes seconds)
+    start_at = time.monotonic() + (1.0 if pool is not None else 5.0)
+    jobs = [(target, token, kind, seconds, seed * 10 + i, members, per[i],
+             rate * per[i] / clients if rate else 0.0, sum(per[:i]), rate, start_at)
+            for i in range(processes)]
+    t0 = time.perf_counter()
+    limit = seconds * 3 + 120  # a client process that died would leave map() waiting
+    if pool is None:
+        with client_pool() as own:
+            parts = own.map_async(_process, jobs, chunksize=1).get(limit)
+    else:
+        parts = pool.map_async(_process, jobs, chunksize=1).get(limit)
+    wall = time.perf_counter() - t0
+    lat = sorted(x for part, _ in parts for x in part)
+    errors: Counter[str] = Counter()
+    for _, errs in parts:
+        errors.update(errs)
     return {"kind": kind, "clients": clients, "calls": len(lat), "seconds": seconds,
             "per_second": len(lat) / seconds, "rate_asked": rate, "wall_s": wall,
-            "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99)}
+            "errors": dict(errors), **summary(lat)}
 
 
 def latency_rounds(target: str, token: str, seconds: float, members: int) -> dict[str, Any]:
@@ -224,7 +289,31 @@ def latency_rounds(target: str, token: str, seconds: float, members: int) -> dic
     return out
 
 
+def prepare_ledger(cluster: PostgresCluster, members: int) -> tuple[str, str]:
+    """Create the ledger database in ``cluster``, migrate it, enrol ``members`` members
+    (bench/ledger_vs_pgbench.py's set_up_ledger), add a POS terminal of store S001 and
+    VACUUM ANALYZE; returns (SQLAlchemy URL, the terminal's token)."""
+    cluster.create_database(LEDGER_DB)
+    url = cluster.url(dbname=LEDGER_DB)
+    log(f"ledger: migrate and enrol {members} members")
+    set_up_ledger(url, settlement.load_rulebook(RULEBOOK), members)
+    engine = create_ledger_engine(url)
+    token = add_terminal(engine, "BENCH", "S001", "pos")
+    engine.dispose()
+    with cluster.connect(LEDGER_DB, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    return url, token
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``server`` (it drains) and wait for it."""
+    if server.poll() is None:
+        server.terminate()
+        server.wait(30)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every phase (see the module docstring); prints the table, returns the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="each measured phase")
     parser.add_argument("--workers", type=int, default=2, help="server processes")
@@ -239,20 +328,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cluster = PostgresCluster(durable=True)
     server = None
     try:
-        log("starting a durable PostgreSQL cluster")
-        cluster.start()
-        cluster.create_database(PGBENCH_DB)
-        cluster.run_pgbench(["-i", "-s", str(args.scale), "-q"], dbname=PGBENCH_DB,
-                            timeout=900)
-        cluster.create_database(LEDGER_DB)
-        url = cluster.url(dbname=LEDGER_DB)
-        log(f"ledger: migrate and enrol {args.members} members")
-        set_up_ledger(url, settlement.load_rulebook(RULEBOOK), args.members)
-        engine = create_ledger_engine(url)
-        token = add_terminal(engine, "BENCH", "S001", "pos")
-        engine.dispose()
-        with cluster.connect(LEDGER_DB, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE")
+        start_with_pgbench(cluster, args.scale)
+        url, token = prepare_ledger(cluster, args.members)
         log("pgbench before")
         checkpoint(cluster)
         result["pgbench_before"] = pgbench_run(cluster, args.clients, 2, int(args.seconds))
@@ -277,8 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lat = r["latency"]
             r["quote_p50_ratio"] = lat["quote"]["p50_ms"] / lat["ping"]["p50_ms"]
             result[impl] = r
-            server.terminate()
-            server.wait(30)
+            stop_server(server)
         log("pgbench after")
         checkpoint(cluster)
         result["pgbench_after"] = pgbench_run(cluster, args.clients, 2, int(args.seconds))
@@ -287,9 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for impl in args.impls.split(","):
             result[impl]["settle_ratio"] = result[impl]["settle"]["per_second"] / mean
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            server.wait(30)
+        if server is not None:
+            stop_server(server)
         cluster.stop()
     print(table(result))
     if args.json:
@@ -298,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def table(r: dict[str, Any]) -> str:
+    """The results as the markdown table of bench/README.md."""
     impls = [k for k in ("sync", "aio") if k in r]
 
     def row(label: str, fn: Any) -> str:

@@ -165,9 +165,13 @@ def set_up_member(ledger: Ledger, i: int) -> None:
 
 def set_up_ledger(url: str, rulebook: settlement.Rulebook, members: int,
                   threads: int = 4) -> None:
-    """Migrate and enrol; setup commits with synchronous_commit=off (it is not measured)."""
-    engine = create_engine(url, pool_size=threads,
-                           connect_args={"options": "-c synchronous_commit=off"})
+    """Migrate and enrol; on PostgreSQL setup commits with synchronous_commit=off (it is not
+    measured); a SQLite URL is enrolled from one thread."""
+    if url.startswith("sqlite"):  # one writer at a time: threads would only wait
+        engine, threads = create_engine(url), 1
+    else:
+        engine = create_engine(url, pool_size=threads,
+                               connect_args={"options": "-c synchronous_commit=off"})
     try:
         upgrade(engine)
         ledger = Ledger(engine, rulebook, max_clock_skew_us=None)
@@ -404,7 +408,21 @@ def pgbench_run(cluster: PostgresCluster, clients: int, threads: int,
             "latency_avg_ms": float(latency) if latency else None, "cpu": cpu}
 
 
+def start_with_pgbench(cluster: PostgresCluster, scale: int) -> str:
+    """Start ``cluster`` and load a ``pgbench -i -s scale`` database into it; returns
+    the server's version."""
+    log("starting a durable PostgreSQL cluster")
+    cluster.start()
+    with cluster.connect("postgres") as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+    cluster.create_database(PGBENCH_DB)
+    log(f"pgbench -i -s {scale}")
+    cluster.run_pgbench(["-i", "-s", str(scale), "-q"], dbname=PGBENCH_DB, timeout=900)
+    return str(version[0]) if version else "?"
+
+
 def checkpoint(cluster: PostgresCluster) -> None:
+    """CHECKPOINT, so the next phase pays the same full-page writes as the others."""
     with cluster.connect("postgres", autocommit=True) as conn:
         conn.execute("CHECKPOINT")
 
@@ -776,15 +794,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cluster = PostgresCluster(durable=True, settings=settings)
     engine: Engine | None = None
     try:
-        log("starting a durable PostgreSQL cluster")
-        cluster.start()
-        with cluster.connect("postgres") as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-            result["server_version"] = version[0] if version else "?"
-        cluster.create_database(PGBENCH_DB)
-        log(f"pgbench -i -s {args.scale}")
-        cluster.run_pgbench(["-i", "-s", str(args.scale), "-q"], dbname=PGBENCH_DB,
-                            timeout=900)
+        result["server_version"] = start_with_pgbench(cluster, args.scale)
         cluster.create_database(LEDGER_DB)
         url = cluster.url(dbname=LEDGER_DB)
         log(f"ledger: migrate and enrol {args.members} members")

@@ -19,3 +19,15 @@ def test_grpc_vs_floor_runs(capsys: pytest.CaptureFixture[str]) -> None:
         assert r["settle"]["calls"] > 0 and r["settle_ratio"] > 0
         assert r["settle_fixed"]["calls"] > 0
     assert "Settle / pgbench" in capsys.readouterr().out
+
+
+def test_fixed_rate_connections_are_staggered_not_bursts() -> None:
+    """16 connections sharing 40 calls/s: one call every 25 ms, not 16 at once every
+    400 ms (bursts queue at the server and inflate the latency of a light load)."""
+    offered, clients, seconds = 40.0, 16, 3.0
+    due = sorted(t for g in range(clients)
+                 for t in grpc_vs_floor.schedule(g, offered / clients, offered, seconds))
+    assert len(due) == 120
+    gaps = [b - a for a, b in zip(due, due[1:], strict=False)]
+    assert min(gaps) > 0.0249 and max(gaps) < 0.0251
+    assert due[0] == 0.0 and due[-1] < seconds
