@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml setup.py $(wildcard settlement/_fast/*.pyx) $(wildcard proto/settlement/v1/*.proto)
 
-.PHONY: run test bench drills lint clean
+.PHONY: run test bench bench-run drills lint clean
 
 $(STAMP): $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only --benchmark-min-rounds=50 \
 		--benchmark-json=bench/results/engine.json --benchmark-columns=min,median,mean,rounds
 	$(PY) bench/report.py bench/results/engine.json
+
+# One-command load harness: throw-away PostgreSQL, server, pgbench, report + plots
+# in bench/results/harness/ (about 5 minutes; ARGS=--quick for a short run).
+bench-run: $(STAMP)
+	$(PY) bench/run $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check settlement server clients tests bench
