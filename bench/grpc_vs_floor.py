@@ -172,9 +172,10 @@ def schedule(g: int, per_connection: float, offered: float,
 
 
 def _process(args: tuple[str, str, str, float, int, int, int, float, int, float, float]
-             ) -> tuple[list[float], dict[str, int]]:
+             ) -> tuple[list[float], dict[str, int], float]:
     """One client process: ``threads`` connections, closed loop or fixed rate; latencies in
-    ms of the successes and the refusals by status.
+    ms of the successes, the refusals by status, and (fixed rate) the ``time.monotonic()``
+    of its last answer (0.0 in a closed loop).
 
     Fixed rate: every connection of the phase sends at ``rate`` / connections, and they are
     staggered: connection ``g`` (over all processes; this process's first is ``first``)
@@ -188,6 +189,7 @@ def _process(args: tuple[str, str, str, float, int, int, int, float, int, float,
     rate /= threads  # this process's rate, shared by its connections
     results: list[list[float]] = [[] for _ in range(threads)]
     errors: list[Counter[str]] = [Counter() for _ in range(threads)]
+    last = [0.0] * threads
 
     def run(i: int) -> None:
         if rate <= 0:
@@ -206,6 +208,7 @@ def _process(args: tuple[str, str, str, float, int, int, int, float, int, float,
                 name, request = next(supply)
                 if call(pos, name, request, errors[i]):
                     results[i].append((time.monotonic() - due) * 1e3)
+                last[i] = time.monotonic()
 
     pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
     for t in pool:
@@ -215,7 +218,7 @@ def _process(args: tuple[str, str, str, float, int, int, int, float, int, float,
     total: Counter[str] = Counter()
     for e in errors:
         total.update(e)
-    return [x for r in results for x in r], dict(total)
+    return [x for r in results for x in r], dict(total), max(last)
 
 
 CLIENT_PROCESSES = 4
@@ -258,13 +261,16 @@ def load(target: str, token: str, kind: str, seconds: float, clients: int, membe
     else:
         parts = pool.map_async(_process, jobs, chunksize=1).get(limit)
     wall = time.perf_counter() - t0
-    lat = sorted(x for part, _ in parts for x in part)
+    lat = sorted(x for part, _, _ in parts for x in part)
     errors: Counter[str] = Counter()
-    for _, errs in parts:
+    for _, errs, _ in parts:
         errors.update(errs)
+    # Fixed rate: answers still arriving after the schedule ended count over the time they
+    # took (an overloaded server's rate is what it served, not what was asked).
+    span = max(seconds, max(done for _, _, done in parts) - start_at) if rate else seconds
     return {"kind": kind, "clients": clients, "calls": len(lat), "seconds": seconds,
-            "per_second": len(lat) / seconds, "rate_asked": rate, "wall_s": wall,
-            "errors": dict(errors), **summary(lat)}
+            "span_s": span, "per_second": len(lat) / span, "rate_asked": rate,
+            "wall_s": wall, "errors": dict(errors), **summary(lat)}
 
 
 def latency_rounds(target: str, token: str, seconds: float, members: int) -> dict[str, Any]:

@@ -208,6 +208,27 @@ def test_terminal_burst_is_kept_per_terminal(ledger: Ledger) -> None:
     assert (alert["subject"], alert["member_id"]) == ("terminal:S001/T1", None)
 
 
+def test_a_flooded_terminal_is_counted_up_to_ten_times_the_threshold(ledger: Ledger) -> None:
+    """The terminal's look-back read stops at TERMINAL_CAP x count (4 here): the rule only
+    needs "reached", and a flood must not lengthen every later settlement's read."""
+    from settlement.ledger.alerts import TERMINAL_CAP
+
+    cap = TERMINAL_CAP * 4
+    sold = ledger.settle("S001", "w0", basket(500, member=None), terminal="T1")
+    with ledger.engine.begin() as conn:  # a flood's rows, as the settle path leaves them
+        row = dict(conn.execute(select(schema.settlements).where(
+            schema.settlements.c.id == sold["settlement_id"])).mappings().one())
+        conn.execute(schema.settlements.insert(), [
+            {**row, "id": f"{row['id']}-{i}", "at_us": T0 - i} for i in range(1, cap + 5)])
+    wd = ledger.rulebook.watchdog
+    with ledger.engine.connect() as conn:
+        facts = facts_from_row(SaDb(conn).rows(FACTS_SQL, facts_params(
+            wd, None, None, "S001", "T1", T0))[0])
+        other = facts_from_row(SaDb(conn).rows(FACTS_SQL, facts_params(
+            wd, None, None, "S001", "T2", T0))[0])
+    assert (facts.terminal_count, other.terminal_count) == (cap, 0)
+
+
 def test_refund_abuse_is_judged_on_refunds(ledger: Ledger) -> None:
     sold = [ledger.settle("S001", f"s{i}", basket(2_000))["settlement_id"] for i in range(2)]
     ledger.refund("S001", "f0", sold[0])
@@ -391,3 +412,62 @@ def test_verify_checks_the_alert_record(ledger: Ledger) -> None:
         problem = verify(conn)
         assert problem is not None and "belongs to no alert" in problem, problem
         conn.rollback()
+
+
+def test_pg_hit_statement_that_loses_the_open_race_is_recorded_the_long_way(
+        ledger: Ledger) -> None:
+    """PostgreSQL: one statement per hit (alerts.PG_HIT_SQL) cannot see an alert another
+    transaction opened and committed while the statement waited on it; finish_pg then
+    records that hit the long way, attached to that alert and counted."""
+    if ledger.engine.dialect.name != "postgresql":
+        pytest.skip("the one-statement hit is the PostgreSQL settle path's")
+    import threading
+
+    from settlement.ledger.alerts import Context, finish_pg, queue_pg
+    from settlement.watchdog import Hit
+
+    hit = Hit("high_value", "high", "alert", {"payable_cents": 1})
+
+    def ctx(ref: str) -> Context:
+        return Context("S001", "T1", "M1", None, ref, "settle", None, "v", T0)
+
+    first = ledger.engine.raw_connection()
+    second = ledger.engine.raw_connection()
+    try:
+        pg1, pg2 = first.driver_connection, second.driver_connection
+        assert pg1 is not None and pg2 is not None
+        opened = finish_pg(pg1, [hit], ctx("S001/a"), queue_pg(pg1, [hit], ctx("S001/a")))
+        pid2 = pg2.info.backend_pid
+        got: list[object] = []
+
+        def late() -> None:
+            try:
+                got.append(finish_pg(pg2, [hit], ctx("S001/b"),
+                                     queue_pg(pg2, [hit], ctx("S001/b"))))
+                pg2.commit()
+            except BaseException as exc:  # reported below
+                got.append(exc)
+
+        worker = threading.Thread(target=late)
+        worker.start()
+        with ledger.engine.connect() as conn:  # until the second waits on the first's row
+            for _ in range(500):
+                waiting = conn.exec_driver_sql(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                    (pid2,)).scalar()
+                if waiting == "Lock":
+                    break
+                conn.rollback()
+                threading.Event().wait(0.01)
+            assert waiting == "Lock", "the second transaction never waited on the first"
+        pg1.commit()
+        worker.join(30)
+        assert got == [opened], got
+    finally:
+        first.close()
+        second.close()
+    alert = only_alert(ledger, "high_value")
+    assert alert["id"] == opened[0] and alert["hits"] == 2
+    assert [h["ref"] for h in alert["hit_list"]] == ["S001/a", "S001/b"]
+    assert [e["action"] for e in alert["events"]] == ["opened", "hit"]
+    assert len(ledger.alerts.outbox()) == 1

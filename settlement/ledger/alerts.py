@@ -98,8 +98,9 @@ FACTS_SQL = " ".join("""
 WITH m AS (SELECT coalesce(:member, (SELECT member_id FROM cards WHERE card_no = :card)) AS id)
 SELECT coalesce(a.burst, 0), coalesce(a.day, 0), coalesce(a.history, 0),
  coalesce(a.history_max, 0),
- (SELECT count(*) FROM settlements
-   WHERE store = :store AND terminal = :terminal AND at_us > :terminal_since AND at_us <= :at),
+ (SELECT count(*) FROM (SELECT 1 FROM settlements
+   WHERE store = :store AND terminal = :terminal AND at_us > :terminal_since AND at_us <= :at
+   LIMIT :terminal_cap) t),
  coalesce(a.drain, 0), coalesce(a.burn, 0),
  (SELECT coalesce(max(points), 0) FROM points_lots
    WHERE member_id = (SELECT id FROM m) AND created_us > :accrual),
@@ -116,11 +117,19 @@ FROM (SELECT count(*) FILTER (WHERE at_us > :burst) AS burst,
 """.split())
 
 
+#: The terminal's settlements are counted up to this many times ``terminal_burst``'s
+#: ``count``: the rule needs only "reached", and a flood of one terminal must not make
+#: every later settlement's look-back read longer (the evidence then shows the ceiling).
+TERMINAL_CAP = 10
+
+
 def facts_params(wd: Watchdog, member_id: str | None, card_no: str | None, store: str,
                  terminal: str | None, at: int) -> dict[str, Any]:
     """:data:`FACTS_SQL`'s parameters for a settlement at ``at``."""
     w = wd.windows
+    burst = wd.rule("terminal_burst")
     return {"member": member_id, "card": card_no, "store": store, "terminal": terminal,
+            "terminal_cap": TERMINAL_CAP * burst.count if burst is not None else 0,
             "at": at, "burst": at - w["burst_us"], "day": at - w["day_us"],
             "history": at - w["history_us"], "terminal_since": at - w["terminal_us"],
             "drain": at - w["drain_us"], "burn": at - w["burn_us"],
@@ -221,6 +230,84 @@ def _notify(db: Db, events: list[int]) -> None:
         db.rows(_NOTIFY, {"ids": ",".join(map(str, events))})
 
 
+#: PostgreSQL: one hit in one statement (what :func:`record` does in four to six), so the
+#: settle path can send every hit in the pipeline of its write (:func:`queue_pg`). The
+#: CTEs share one snapshot: ``a`` is the alert just opened or the open one committed
+#: before the statement began; an open alert committed by another transaction *during*
+#: the statement is in neither (the insert waited on it and did nothing), and the
+#: statement then returns no row: :func:`finish_pg` records that hit the long way.
+PG_HIT_SQL = pg_sql(" ".join(f"""
+WITH opened AS ({_OPEN_ALERT.strip()}),
+a AS (SELECT id, true AS new FROM opened
+      UNION ALL
+      SELECT id, false FROM alerts
+       WHERE rule = :rule AND subject = :subject AND state <> 'resolved'),
+hit AS (INSERT INTO alert_hits (alert_id, ref, operation, operation_id, action, rule_version,
+                                store, terminal, evidence, created_us)
+        SELECT id, :ref, :operation, :operation_id, :action, :version, :store, :terminal,
+               :evidence, :now FROM a
+        ON CONFLICT DO NOTHING RETURNING alert_id),
+counted AS (UPDATE alerts SET hits = hits + 1, last_hit_us = :now, updated_us = :now
+            WHERE id IN (SELECT a.id FROM a JOIN hit ON hit.alert_id = a.id WHERE NOT a.new)),
+ev AS (INSERT INTO alert_events (alert_id, actor, action, detail, created_us)
+       SELECT a.id, :actor, CASE WHEN a.new THEN 'opened' ELSE 'hit' END, :detail, :now
+         FROM a JOIN hit ON hit.alert_id = a.id
+       RETURNING id),
+outbox AS (INSERT INTO alert_outbox (alert_id, payload, created_us)
+           SELECT a.id, :payload, :now FROM a JOIN hit ON hit.alert_id = a.id WHERE a.new),
+told AS (SELECT pg_notify('{CHANNEL}', string_agg(id::text, ',')) FROM ev HAVING count(*) > 0)
+SELECT a.id, (SELECT count(*) FROM told) FROM a
+""".split()))
+
+
+def _hit_params(hit: Hit, ctx: Context, alert_id: str) -> tuple[dict[str, Any], dict[str, Any],
+                                                              dict[str, Any]]:
+    """(the statements' common parameters, the audit event's detail, the outbox payload)
+    of one hit; ``alert_id`` is the id a new alert gets."""
+    subj = subject(hit, ctx)
+    base = {"rule": hit.rule, "subject": subj, "version": ctx.rule_version,
+            "store": ctx.store, "terminal": ctx.terminal, "now": ctx.now,
+            "operation_id": ctx.operation_id, "evidence": _json(hit.evidence)}
+    detail = {"rule": hit.rule, "action": hit.action, "ref": ctx.ref,
+              "operation": ctx.operation, "operation_id": ctx.operation_id,
+              "evidence": hit.evidence}
+    payload = {"alert_id": alert_id, "rule": hit.rule, "severity": hit.severity,
+               "action": hit.action, "rule_version": ctx.rule_version,
+               "subject": subj, "member_id": ctx.member_id, "card_no": ctx.card_no,
+               "store": ctx.store, "terminal": ctx.terminal,
+               "operation_id": ctx.operation_id, "evidence": hit.evidence,
+               "at_us": ctx.now}
+    return base, detail, payload
+
+
+def queue_pg(pg: Any, hits: Sequence[Hit], ctx: Context) -> list[Any]:
+    """Send each hit as one :data:`PG_HIT_SQL` statement on the psycopg connection ``pg``
+    (in the caller's transaction, normally inside ``pg.pipeline()`` so they travel with
+    the settlement's write); returns their cursors for :func:`finish_pg`."""
+    cursors = []
+    for hit in hits:
+        alert_id = new_id()
+        base, detail, payload = _hit_params(hit, ctx, alert_id)
+        cursors.append(pg.execute(PG_HIT_SQL, {
+            **base, "id": alert_id, "severity": hit.severity, "action": hit.action,
+            "member": ctx.member_id, "card": ctx.card_no, "ref": ctx.ref,
+            "operation": ctx.operation, "actor": ACTOR, "detail": _json(detail),
+            "payload": _json(payload)}))
+    return cursors
+
+
+def finish_pg(pg: Any, hits: Sequence[Hit], ctx: Context, cursors: Sequence[Any]) -> list[str]:
+    """After :func:`queue_pg`'s statements ran: the alert id of each hit; a hit whose
+    statement lost the race described at :data:`PG_HIT_SQL` is recorded by
+    :func:`record` now, in the same transaction."""
+    ids: list[str | None] = [row[0] if (row := cur.fetchone()) else None for cur in cursors]
+    late = [i for i, a in enumerate(ids) if a is None]
+    if late:
+        for i, alert in zip(late, record(PgDb(pg), [hits[i] for i in late], ctx), strict=True):
+            ids[i] = alert
+    return [a for a in ids if a is not None]
+
+
 def new_id(prefix: str = "A") -> str:
     """A fresh alert id."""
     return f"{prefix}{uuid.uuid4().hex[:20]}"
@@ -231,12 +318,9 @@ def record(db: Db, hits: Sequence[Hit], ctx: Context) -> list[str]:
     ids: list[str] = []
     events: list[int] = []
     for hit in hits:
-        subj = subject(hit, ctx)
-        evidence = _json(hit.evidence)
-        base = {"rule": hit.rule, "subject": subj, "version": ctx.rule_version,
-                "store": ctx.store, "terminal": ctx.terminal, "now": ctx.now,
-                "operation_id": ctx.operation_id, "evidence": evidence}
-        opened = db.rows(_OPEN_ALERT, {**base, "id": new_id(), "severity": hit.severity,
+        alert_id = new_id()
+        base, detail, payload = _hit_params(hit, ctx, alert_id)
+        opened = db.rows(_OPEN_ALERT, {**base, "id": alert_id, "severity": hit.severity,
                                        "action": hit.action, "member": ctx.member_id,
                                        "card": ctx.card_no})
         alert = opened[0][0] if opened else db.rows(_OPEN_ID, base)[0][0]
@@ -245,19 +329,10 @@ def record(db: Db, hits: Sequence[Hit], ctx: Context) -> list[str]:
         ids.append(alert)
         if not new_hit:
             continue  # the same request hit before (a retry): counted once
-        detail = {"rule": hit.rule, "action": hit.action, "ref": ctx.ref,
-                  "operation": ctx.operation, "operation_id": ctx.operation_id,
-                  "evidence": hit.evidence}
         if opened:
             events += [r[0] for r in db.rows(_EVENT, {
                 "alert": alert, "actor": ACTOR, "action": "opened", "detail": _json(detail),
                 "now": ctx.now})]
-            payload = {"alert_id": alert, "rule": hit.rule, "severity": hit.severity,
-                       "action": hit.action, "rule_version": ctx.rule_version,
-                       "subject": subj, "member_id": ctx.member_id, "card_no": ctx.card_no,
-                       "store": ctx.store, "terminal": ctx.terminal,
-                       "operation_id": ctx.operation_id, "evidence": hit.evidence,
-                       "at_us": ctx.now}
             db.rows(_OUTBOX, {"alert": alert, "payload": _json(payload), "now": ctx.now})
         else:
             db.rows(_COUNT_HIT, {"alert": alert, "now": ctx.now})

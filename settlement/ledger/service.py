@@ -206,13 +206,23 @@ class Ledger:
 
     def _watch_settlement(self, db: alerts.Db, plan: SettlePlan, snap: MemberSnapshot | None,
                           store: str, terminal: str | None, req: Mapping[str, Any], at: int,
-                          now: int, ref: str, facts_row: Sequence[Any] | None = None) -> None:
-        """Judge the planned settlement by the watchdog's rules inside its transaction
-        (``facts_row``: the look-back facts when already read): alerts are written with
-        it; a hold raises :class:`_Hold`."""
+                          now: int, ref: str) -> None:
+        """Judge the planned settlement by the watchdog's rules inside its transaction:
+        alerts are written with it; a hold raises :class:`_Hold`."""
+        judged = self._judge_settlement(db, plan, snap, store, terminal, req, at, now, ref)
+        if judged is not None:
+            alerts.record(db, *judged)
+
+    def _judge_settlement(self, db: alerts.Db, plan: SettlePlan, snap: MemberSnapshot | None,
+                          store: str, terminal: str | None, req: Mapping[str, Any], at: int,
+                          now: int, ref: str, facts_row: Sequence[Any] | None = None,
+                          ) -> tuple[list[Hit], alerts.Context] | None:
+        """The watchdog's hits on the planned settlement and their context, or None when
+        there are none (``facts_row``: the look-back facts when already read); a hold
+        raises :class:`_Hold` (the caller's transaction rolls back)."""
         wd = self.rulebook.watchdog
         if not wd.enabled:
-            return
+            return None
         member_id = snap.member.id if snap is not None else None
         if facts_row is None:
             facts_row = db.rows(alerts.FACTS_SQL, alerts.facts_params(
@@ -224,9 +234,12 @@ class Ledger:
             snap.balance("sv_principal") + snap.balance("sv_bonus") if snap else 0,
             snap.usable if snap else 0)
         hits = evaluate_settlement(wd, event, alerts.facts_from_row(facts_row))
-        self._hold_or_record(db, hits, alerts.Context(
-            store, terminal, member_id, req.get("card_no"), ref, "settle", plan.sid,
-            self.rulebook.version, now))
+        if any(h.action == "hold" for h in hits):
+            raise _Hold(hits, member_id, req.get("card_no"))
+        if not hits:
+            return None
+        return hits, alerts.Context(store, terminal, member_id, req.get("card_no"), ref,
+                                    "settle", plan.sid, self.rulebook.version, now)
 
     @staticmethod
     def _receipt_of(conn: Connection, stored: dict[str, Any]) -> dict[str, Any]:
@@ -640,9 +653,15 @@ class Ledger:
 
             plan = self._plan_settlement(snap, store, terminal, req, at, now, ensure,
                                          more_lots)
-            self._watch_settlement(alerts.PgDb(pg), plan, snap, store, terminal, req, at, now,
-                                   ref, facts_row)
-            pg_settle.write(pg, plan, store, key, now)
+            judged = self._judge_settlement(alerts.PgDb(pg), plan, snap, store, terminal,
+                                            req, at, now, ref, facts_row)
+            if judged is None:
+                pg_settle.write(pg, plan, store, key, now)
+            else:  # the alerts travel with the write: still one round trip
+                with pg.pipeline():
+                    cursors = alerts.queue_pg(pg, *judged)
+                    pg_settle.write(pg, plan, store, key, now)
+                alerts.finish_pg(pg, *judged, cursors)
             pg.commit()
             return plan.response
 
