@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
@@ -171,8 +171,8 @@ def schedule(g: int, per_connection: float, offered: float,
         k += 1
 
 
-def _process(args: tuple[str, str, str, float, int, int, int, float, int, float, float]
-             ) -> tuple[list[float], dict[str, int], float]:
+def _process(args: tuple[str, tuple[str, ...], str, float, int, int, int, float, int, float,
+                         float]) -> tuple[list[float], dict[str, int], float]:
     """One client process: ``threads`` connections, closed loop or fixed rate; latencies in
     ms of the successes, the refusals by status, and (fixed rate) the ``time.monotonic()``
     of its last answer (0.0 in a closed loop).
@@ -184,7 +184,7 @@ def _process(args: tuple[str, str, str, float, int, int, int, float, int, float,
     connection."""
     import threading
 
-    (target, token, kind, seconds, seed, members, threads, rate, first, offered,
+    (target, tokens, kind, seconds, seed, members, threads, rate, first, offered,
      start_at) = args
     rate /= threads  # this process's rate, shared by its connections
     results: list[list[float]] = [[] for _ in range(threads)]
@@ -192,6 +192,7 @@ def _process(args: tuple[str, str, str, float, int, int, int, float, int, float,
     last = [0.0] * threads
 
     def run(i: int) -> None:
+        token = tokens[(first + i) % len(tokens)]  # connection g is till g of the store
         if rate <= 0:
             results[i] = closed_loop(target, token, kind, seconds, seed * 100 + i, members,
                                      errors[i])
@@ -239,9 +240,11 @@ def summary(lat: list[float]) -> dict[str, float]:
             "mean_ms": sum(lat) / len(lat) if lat else float("nan")}
 
 
-def load(target: str, token: str, kind: str, seconds: float, clients: int, members: int,
-         rate: float = 0.0, seed: int = 1, pool: Pool | None = None) -> dict[str, Any]:
-    """``clients`` connections over up to 4 processes; ``rate`` > 0: total calls/s, fixed,
+def load(target: str, tokens: Sequence[str], kind: str, seconds: float, clients: int,
+         members: int, rate: float = 0.0, seed: int = 1, pool: Pool | None = None
+         ) -> dict[str, Any]:
+    """``clients`` connections over up to 4 processes, connection g as terminal
+    ``tokens[g % len(tokens)]``; ``rate`` > 0: total calls/s, fixed,
     latency from each call's scheduled start. ``pool`` (:func:`client_pool`) is reused
     when given, else spawned for this call. Refusals are counted in ``errors``, by status;
     ``calls`` and the percentiles are of the successes."""
@@ -250,7 +253,7 @@ def load(target: str, token: str, kind: str, seconds: float, clients: int, membe
            for i in range(processes)]
     # fixed rate: all processes start together, once they can (spawning takes seconds)
     start_at = time.monotonic() + (1.0 if pool is not None else 5.0)
-    jobs = [(target, token, kind, seconds, seed * 10 + i, members, per[i],
+    jobs = [(target, tuple(tokens), kind, seconds, seed * 10 + i, members, per[i],
              rate * per[i] / clients if rate else 0.0, sum(per[:i]), rate, start_at)
             for i in range(processes)]
     t0 = time.perf_counter()
@@ -295,20 +298,27 @@ def latency_rounds(target: str, token: str, seconds: float, members: int) -> dic
     return out
 
 
-def prepare_ledger(cluster: PostgresCluster, members: int) -> tuple[str, str]:
+TERMINALS = 64
+"""POS terminals of store S001 the load is spread over: a till settles one basket at a
+time, and one terminal taking the whole load is itself an anomaly the watchdog flags
+(terminal_burst on every settlement, all of them updating that one alert row)."""
+
+
+def prepare_ledger(cluster: PostgresCluster, members: int,
+                   terminals: int = TERMINALS) -> tuple[str, list[str]]:
     """Create the ledger database in ``cluster``, migrate it, enrol ``members`` members
-    (bench/ledger_vs_pgbench.py's set_up_ledger), add a POS terminal of store S001 and
-    VACUUM ANALYZE; returns (SQLAlchemy URL, the terminal's token)."""
+    (bench/ledger_vs_pgbench.py's set_up_ledger), add ``terminals`` POS terminals of store
+    S001 and VACUUM ANALYZE; returns (SQLAlchemy URL, the terminals' tokens)."""
     cluster.create_database(LEDGER_DB)
     url = cluster.url(dbname=LEDGER_DB)
     log(f"ledger: migrate and enrol {members} members")
     set_up_ledger(url, settlement.load_rulebook(RULEBOOK), members)
     engine = create_ledger_engine(url)
-    token = add_terminal(engine, "BENCH", "S001", "pos")
+    tokens = [add_terminal(engine, f"T{t:03d}", "S001", "pos") for t in range(1, terminals + 1)]
     engine.dispose()
     with cluster.connect(LEDGER_DB, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
-    return url, token
+    return url, tokens
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
@@ -335,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server = None
     try:
         start_with_pgbench(cluster, args.scale)
-        url, token = prepare_ledger(cluster, args.members)
+        url, tokens = prepare_ledger(cluster, args.members)
         log("pgbench before")
         checkpoint(cluster)
         result["pgbench_before"] = pgbench_run(cluster, args.clients, 2, int(args.seconds))
@@ -343,19 +353,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             server, target = start_server(url, args.workers, impl, args.threads)
             r: dict[str, Any] = {}
             log(f"{impl}: latency at low load: Ping / Quote walk-in / Quote member")
-            r["latency"] = latency_rounds(target, token, args.seconds * 2, args.members)
+            r["latency"] = latency_rounds(target, tokens[0], args.seconds * 2, args.members)
             for kind in ("ping", "quote"):
                 log(f"{impl}: throughput: {kind}, {args.clients} clients")
-                r[f"throughput_{kind}"] = load(target, token, kind, args.seconds,
+                r[f"throughput_{kind}"] = load(target, tokens, kind, args.seconds,
                                                args.clients, args.members)
             log(f"{impl}: settle: closed loop, {args.clients} clients")
             checkpoint(cluster)
-            r["settle"] = load(target, token, "settle", args.seconds, args.clients,
+            r["settle"] = load(target, tokens, "settle", args.seconds, args.clients,
                                args.members, seed=2 + 10 * n)
             rate = 0.8 * r["settle"]["per_second"]
             log(f"{impl}: settle: fixed rate {rate:.0f}/s")
             checkpoint(cluster)
-            r["settle_fixed"] = load(target, token, "settle", args.seconds, args.clients,
+            r["settle_fixed"] = load(target, tokens, "settle", args.seconds, args.clients,
                                      args.members, rate=rate, seed=3 + 10 * n)
             lat = r["latency"]
             r["quote_p50_ratio"] = lat["quote"]["p50_ms"] / lat["ping"]["p50_ms"]

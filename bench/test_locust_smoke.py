@@ -17,13 +17,15 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locust" / "locustfile.py"
 
 def test_locust_checkout_run_has_quotes_and_settles_without_failures(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/ledger.db"
-    token = seed_ledger(url, 40, checkouts=2000)
+    tokens = seed_ledger(url, 40, checkouts=2000, terminals=4)
+    (tmp_path / "tokens").write_text("\n".join(tokens) + "\n")
     server, target = start_server(url, workers=1, impl="sync")
     try:
         run = subprocess.run(
             [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
              "-H", target, "-u", "4", "-r", "4", "-t", "5s", "--csv", str(tmp_path / "run"),
-             "--token", token, "--members", "40", "--only-summary", "--exit-code-on-error", "1"],
+             "--token-file", str(tmp_path / "tokens"), "--members", "40", "--only-summary",
+             "--exit-code-on-error", "1"],
             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     finally:
         stop_server(server)
@@ -41,6 +43,11 @@ def test_locust_checkout_run_has_quotes_and_settles_without_failures(tmp_path: P
     quotes = int(rows["/settlement.v1.SettlementService/Quote"]["Request Count"])
     settles = int(rows["/settlement.v1.SettlementService/Settle"]["Request Count"])
     assert quotes > settles  # the 70 / 25 mix
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "ledger.db") as db:  # the 4 users were 4 tills
+        tills = {t for (t,) in db.execute("SELECT DISTINCT terminal FROM settlements")}
+    assert tills == {f"LOCUST-0{t}" for t in range(1, 5)}, tills
 
 
 def test_weights_parse_and_refuse_nonsense() -> None:

@@ -47,9 +47,9 @@ _USER_NUMBERS = itertools.count()
 def _arguments(parser: Any) -> None:
     group = parser.add_argument_group("settlement checkout workload")
     group.add_argument("--token", env_var="SETTLEMENT_TOKEN", default="",
-                       help="the POS terminal's token")
+                       help="POS terminal token(s), comma-separated; users spread over them")
     group.add_argument("--token-file", env_var="SETTLEMENT_TOKEN_FILE", default="",
-                       help="file holding the POS terminal's token")
+                       help="file of POS terminal tokens, one per line (bench/locust/seed.py)")
     group.add_argument("--members", type=int, env_var="LOCUST_MEMBERS", default=2000,
                        help="members seeded (bench/locust/seed.py --members)")
     group.add_argument("--zipf", type=float, env_var="LOCUST_ZIPF", default=1.0,
@@ -63,12 +63,17 @@ def _arguments(parser: Any) -> None:
                        help="seconds between a user's calls, uniform in [0, this]")
 
 
-def _token(options: Any) -> str:
+def _tokens(options: Any) -> list[str]:
     if options.token:
-        return str(options.token)
-    if options.token_file:
-        return Path(options.token_file).read_text().strip()
-    raise SystemExit("locustfile: give --token or --token-file (or SETTLEMENT_TOKEN)")
+        tokens = str(options.token).split(",")
+    elif options.token_file:
+        tokens = Path(options.token_file).read_text().split()
+    else:
+        raise SystemExit("locustfile: give --token or --token-file (or SETTLEMENT_TOKEN)")
+    tokens = [t.strip() for t in tokens if t.strip()]
+    if not tokens:
+        raise SystemExit("locustfile: no token in --token / --token-file")
+    return tokens
 
 
 class CheckoutUser(GrpcUser):
@@ -81,12 +86,22 @@ class CheckoutUser(GrpcUser):
         options = self.environment.parsed_options
         self.settlements = pb_grpc.SettlementServiceStub(self.channel)
         self.members_stub = pb_grpc.MemberServiceStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {_token(options)}"),)
         number = next(_USER_NUMBERS)
+        tokens = _tokens(options)
+        self.metadata = (("authorization",
+                          f"Bearer {tokens[self._till(number) % len(tokens)]}"),)
         self.rng = random.Random(f"{RUN}-{number}")
         self.keys = (f"{RUN}-{os.getpid()}-{number}-{n}" for n in itertools.count())
         self.workload = _workload(options)
         self.settled: deque[tuple[str, int]] = deque(maxlen=50)
+
+    def _till(self, number: int) -> int:
+        """This user's till number over all ``--processes`` workers: user n of worker w is
+        till n * workers + w, so the users of a run take distinct terminals in turn."""
+        workers = int(getattr(self.environment.parsed_options, "processes", None) or 1)
+        if workers < 0:  # --processes -1: one per core
+            workers = os.cpu_count() or 1
+        return number * workers + int(getattr(self.environment.runner, "worker_index", 0))
 
     def wait_time(self) -> float:
         """Seconds to wait between calls: uniform in [0, --think-time] (0: none)."""

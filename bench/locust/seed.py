@@ -56,9 +56,13 @@ def top_ups(members: int, zipf_s: float, seed: int, checkouts: int) -> dict[int,
 
 
 def seed_ledger(url: str, members: int, *, zipf_s: float = 1.0, seed: int = 7,
-                checkouts: int = 200_000, terminal: str = "LOCUST") -> str:
+                checkouts: int = 200_000, terminal: str = "LOCUST",
+                terminals: int = 16) -> list[str]:
     """Enrol ``members`` members into the ledger at ``url`` (migrating it first), top up the
-    busiest ones, add POS terminal ``terminal`` of the bench store; returns its token."""
+    busiest ones, add ``terminals`` POS terminals of the bench store (``terminal``-01, ...;
+    just ``terminal`` when one); returns their tokens. Users spread over the terminals:
+    one terminal taking every checkout is an anomaly the watchdog flags on each of them
+    (terminal_burst), all on one alert row."""
     rulebook = settlement.load_rulebook(RULEBOOK)
     log(f"ledger: migrate and enrol {members} members")
     set_up_ledger(url, rulebook, members)
@@ -69,7 +73,9 @@ def seed_ledger(url: str, members: int, *, zipf_s: float = 1.0, seed: int = 7,
         log(f"topping up the {len(extra)} busiest members")
         for number, cents in extra.items():
             ledger.recharge(STORE, f"top-up-{member_id(number)}", member_id(number), cents)
-        return add_terminal(engine, terminal, STORE, "pos")
+        names = [terminal] if terminals == 1 else [
+            f"{terminal}-{t:02d}" for t in range(1, terminals + 1)]
+        return [add_terminal(engine, name, STORE, "pos") for name in names]
     finally:
         engine.dispose()
 
@@ -83,17 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="activity ranks' permutation")
     parser.add_argument("--checkouts", type=int, default=200_000,
                         help="settlements the stored value must last for")
-    parser.add_argument("--terminal", default="LOCUST", help="POS terminal id to add")
-    parser.add_argument("--token-file", type=Path, help="write the token here")
+    parser.add_argument("--terminal", default="LOCUST", help="POS terminal id (prefix) to add")
+    parser.add_argument("--terminals", type=int, default=16,
+                        help="POS terminals to add; users spread over them")
+    parser.add_argument("--token-file", type=Path,
+                        help="write the tokens here, one per line")
     args = parser.parse_args(argv)
-    token = seed_ledger(args.database_url, args.members, zipf_s=args.zipf, seed=args.seed,
-                        checkouts=args.checkouts, terminal=args.terminal)
+    tokens = seed_ledger(args.database_url, args.members, zipf_s=args.zipf, seed=args.seed,
+                         checkouts=args.checkouts, terminal=args.terminal,
+                         terminals=args.terminals)
     if args.token_file:
         args.token_file.parent.mkdir(parents=True, exist_ok=True)
-        args.token_file.write_text(token + "\n")
-        log(f"token of terminal {args.terminal} in {args.token_file}")
+        args.token_file.write_text("".join(t + "\n" for t in tokens))
+        log(f"tokens of {len(tokens)} terminal(s) in {args.token_file}")
     else:
-        print(token)
+        print("\n".join(tokens))
     return 0
 
 
