@@ -15,6 +15,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from settlement.pipes import quiet_broken_pipe
+
 EXIT_BAD_INPUT = 2
 
 
@@ -279,6 +281,7 @@ def _engine(_args: argparse.Namespace) -> int:
     return 0
 
 
+@quiet_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``settlement`` console script."""
     parser = argparse.ArgumentParser(prog="settlement", description=__doc__.splitlines()[0])

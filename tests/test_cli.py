@@ -274,3 +274,19 @@ def test_bogus_settlement_impl_fails_quote_too(examples_dir: Path) -> None:
                  "--request", str(examples_dir / "request-member.json"), impl="bogus")
     assert result.returncode != 0
     assert result.stdout == ""
+
+
+def test_output_into_a_closed_pipe_ends_quietly(cli, examples_dir: Path) -> None:
+    """``settlement ... | head`` with the reader gone: exit 141 (a shell's SIGPIPE status),
+    no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        done = subprocess.run(
+            [*cli, "quote", "--rules", str(examples_dir / "rulebook.toml"), "--request",
+             str(examples_dir / "request-member.json")],
+            stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from settlement.pipes import quiet_broken_pipe
 from settlement.v1 import settlement_pb2 as pb
 
 from .client import PosClient, error_details
@@ -100,6 +101,7 @@ def _refused(exc: grpc.RpcError, prog: str = "settlement-pos") -> int:
     return 1
 
 
+@quiet_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``settlement-pos``."""
     parser = argparse.ArgumentParser(prog="settlement-pos", description=__doc__.splitlines()[0])
