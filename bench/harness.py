@@ -215,9 +215,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def watchdog_load(url: str) -> dict[str, Any]:
     """The settlements the run committed and the watchdog hits they raised, by rule: the
     Settle figures include writing those alerts."""
-    from sqlalchemy import create_engine
+    from settlement.ledger.db import create_ledger_engine
 
-    engine = create_engine(url)
+    engine = create_ledger_engine(url)
     try:
         with engine.connect() as conn:
             settled = int(conn.exec_driver_sql("SELECT count(*) FROM settlements").scalar_one())
@@ -301,7 +301,7 @@ def report(r: dict[str, Any]) -> str:
                 f"{total / wd['settlements']:.2f} per settlement. Each hit is written in its "
                 "settlement's transaction, so they are part of the Settle figures. A load "
                 "test is anomalous by those rules: each connection is a till of its own "
-                f"(of {a.get('terminals', '?')}) settling many times a minute "
+                f"(of {a['terminals']}) settling many times a minute "
                 "(terminal_burst), and members settle several times in minutes "
                 "(card_burst); ordinary traffic raises almost none (the replay simulator, "
                 "bench/README.md)."]

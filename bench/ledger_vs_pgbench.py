@@ -83,8 +83,6 @@ from settlement.timeutil import parse_instant  # noqa: E402
 from tests.pgcluster import PostgresCluster, parse_tps  # noqa: E402
 
 RULEBOOK = ROOT / "examples" / "rulebook.toml"
-#: Appended to the rulebook's text (``--no-watchdog``); set before any worker forks.
-RULEBOOK_EXTRA = ""
 STORE = "S001"
 AT = "2026-11-22T10:30:00+08:00"  # a Sunday morning: weekend fruit promotion, dairy hours
 VALID_FROM = parse_instant("2026-11-01T00:00:00+08:00")
@@ -346,18 +344,21 @@ def settle_pass(ledger: Ledger, items: list[dict[str, Any]], members: int, worke
         errors=dict(errors), error_examples=examples, cpu=cpu)
 
 
-def bench_rulebook() -> settlement.Rulebook:
-    """The spec's example rulebook (watchdog at its defaults), plus :data:`RULEBOOK_EXTRA`."""
-    if not RULEBOOK_EXTRA:
+def bench_rulebook(watchdog: bool = True) -> settlement.Rulebook:
+    """The spec's example rulebook, its watchdog at the defaults or (``watchdog=False``)
+    switched off."""
+    if watchdog:
         return settlement.load_rulebook(RULEBOOK)
-    return settlement.rulebook_from_toml(RULEBOOK.read_text() + RULEBOOK_EXTRA)
+    return settlement.rulebook_from_toml(
+        RULEBOOK.read_text() + "\n[watchdog]\nenabled = false\n")
 
 
-def _process_worker(url: str, items: list[dict[str, Any]], members: int, seconds: float,
-                    tag: str, seed: int, w: int, start_at: float, out: Any) -> None:
+def _process_worker(url: str, rulebook: settlement.Rulebook, items: list[dict[str, Any]],
+                    members: int, seconds: float, tag: str, seed: int, w: int,
+                    start_at: float, out: Any) -> None:
     """One settling process (forked): its own engine and Ledger, like a server worker."""
     engine = create_ledger_engine(url, pool_size=2)
-    ledger = Ledger(engine, bench_rulebook(), max_clock_skew_us=None)
+    ledger = Ledger(engine, rulebook, max_clock_skew_us=None)
     rng = random.Random(f"{seed}-{tag}-{w}")
     while time.time() < start_at:
         time.sleep(0.001)
@@ -367,8 +368,8 @@ def _process_worker(url: str, items: list[dict[str, Any]], members: int, seconds
     out.put((latencies, dict(errors)))
 
 
-def process_pass(url: str, items: list[dict[str, Any]], members: int, processes: int,
-                 seconds: float, tag: str, seed: int,
+def process_pass(url: str, rulebook: settlement.Rulebook, items: list[dict[str, Any]],
+                 members: int, processes: int, seconds: float, tag: str, seed: int,
                  cluster: PostgresCluster | None = None) -> PassResult:
     """``processes`` forked processes settle for ``seconds`` (one Ledger each): the shape of
     a server with N worker processes, free of one interpreter's GIL."""
@@ -376,7 +377,8 @@ def process_pass(url: str, items: list[dict[str, Any]], members: int, processes:
     out = ctx.Queue()
     start_at = time.time() + 3.0  # time for every process to connect
     procs = [ctx.Process(target=_process_worker,
-                         args=(url, items, members, seconds, tag, seed, w, start_at, out))
+                         args=(url, rulebook, items, members, seconds, tag, seed, w,
+                               start_at, out))
              for w in range(processes)]
     for proc in procs:
         proc.start()
@@ -802,10 +804,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "started": datetime.now(UTC).isoformat(timespec="seconds"),
                               "machine": machine()}
     result["background"] = quiet(args.wait_quiet)
-    global RULEBOOK_EXTRA
-    if args.no_watchdog:
-        RULEBOOK_EXTRA = "\n[watchdog]\nenabled = false\n"
-    rulebook = bench_rulebook()
+    rulebook = bench_rulebook(watchdog=not args.no_watchdog)
     items = catalogue(args.seed)
     settings: dict[str, str | int] = (
         {"shared_preload_libraries": "pg_stat_statements",
@@ -845,8 +844,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cluster))
         if args.processes:
             procs = phase(f"settle, {args.processes} processes", lambda: process_pass(
-                url, items, args.members, args.processes, args.seconds, "procs", args.seed,
-                cluster))
+                url, rulebook, items, args.members, args.processes, args.seconds, "procs",
+                args.seed, cluster))
             result["settle_processes"] = asdict(procs)
         after = phase("pgbench after", lambda: pgbench_run(
             cluster, args.clients, args.pgbench_threads, args.seconds))

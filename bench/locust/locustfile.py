@@ -15,6 +15,7 @@ README.md here has the rest.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
@@ -64,10 +65,16 @@ def _arguments(parser: Any) -> None:
 
 
 def _tokens(options: Any) -> list[str]:
-    if options.token:
-        tokens = str(options.token).split(",")
-    elif options.token_file:
-        tokens = Path(options.token_file).read_text().split()
+    """The terminals' tokens, read once per process (not once per user)."""
+    return _read_tokens(str(options.token or ""), str(options.token_file or ""))
+
+
+@functools.cache
+def _read_tokens(token: str, token_file: str) -> list[str]:
+    if token:
+        tokens = token.split(",")
+    elif token_file:
+        tokens = Path(token_file).read_text().split()
     else:
         raise SystemExit("locustfile: give --token or --token-file (or SETTLEMENT_TOKEN)")
     tokens = [t.strip() for t in tokens if t.strip()]

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 import grpc
 
-from settlement.pipes import quiet_broken_pipe
 from settlement.v1 import settlement_pb2 as pb
 
 from .cli import _refused, _token, connection_arguments, money
@@ -69,7 +68,6 @@ def format_alert(a: pb.Alert) -> str:
     return "\n".join(out)
 
 
-@quiet_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``settlement alerts``."""
     parser = argparse.ArgumentParser(prog="settlement alerts",

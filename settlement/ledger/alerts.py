@@ -236,6 +236,8 @@ def _notify(db: Db, events: list[int]) -> None:
 #: before the statement began; an open alert committed by another transaction *during*
 #: the statement is in neither (the insert waited on it and did nothing), and the
 #: statement then returns no row: :func:`finish_pg` records that hit the long way.
+#: (``told`` is read by the last SELECT only so that it runs: a plain CTE nobody reads
+#: is never evaluated.)
 PG_HIT_SQL = pg_sql(" ".join(f"""
 WITH opened AS ({_OPEN_ALERT.strip()}),
 a AS (SELECT id, true AS new FROM opened
@@ -300,12 +302,10 @@ def finish_pg(pg: Any, hits: Sequence[Hit], ctx: Context, cursors: Sequence[Any]
     """After :func:`queue_pg`'s statements ran: the alert id of each hit; a hit whose
     statement lost the race described at :data:`PG_HIT_SQL` is recorded by
     :func:`record` now, in the same transaction."""
-    ids: list[str | None] = [row[0] if (row := cur.fetchone()) else None for cur in cursors]
-    late = [i for i, a in enumerate(ids) if a is None]
-    if late:
-        for i, alert in zip(late, record(PgDb(pg), [hits[i] for i in late], ctx), strict=True):
-            ids[i] = alert
-    return [a for a in ids if a is not None]
+    rows = [cur.fetchone() for cur in cursors]
+    late = iter(record(PgDb(pg), [h for h, r in zip(hits, rows, strict=True) if r is None],
+                       ctx))
+    return [r[0] if r is not None else next(late) for r in rows]
 
 
 def new_id(prefix: str = "A") -> str:

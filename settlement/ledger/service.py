@@ -196,11 +196,16 @@ class Ledger:
                        [rule for rule, _ in held]) from None
 
     @staticmethod
-    def _hold_or_record(db: alerts.Db, hits: list[Hit], ctx: alerts.Context) -> None:
-        """A hold among ``hits`` raises :class:`_Hold` (the transaction rolls back);
-        otherwise the alerts are written in the operation's transaction."""
+    def _refuse_held(hits: list[Hit], ctx: alerts.Context) -> None:
+        """A hold among ``hits`` raises :class:`_Hold` (the transaction rolls back)."""
         if any(h.action == "hold" for h in hits):
             raise _Hold(hits, ctx.member_id, ctx.card_no)
+
+    @staticmethod
+    def _hold_or_record(db: alerts.Db, hits: list[Hit], ctx: alerts.Context) -> None:
+        """A hold among ``hits`` raises :class:`_Hold`; otherwise the alerts are written in
+        the operation's transaction."""
+        Ledger._refuse_held(hits, ctx)
         if hits:
             alerts.record(db, hits, ctx)
 
@@ -234,12 +239,12 @@ class Ledger:
             snap.balance("sv_principal") + snap.balance("sv_bonus") if snap else 0,
             snap.usable if snap else 0)
         hits = evaluate_settlement(wd, event, alerts.facts_from_row(facts_row))
-        if any(h.action == "hold" for h in hits):
-            raise _Hold(hits, member_id, req.get("card_no"))
         if not hits:
             return None
-        return hits, alerts.Context(store, terminal, member_id, req.get("card_no"), ref,
-                                    "settle", plan.sid, self.rulebook.version, now)
+        ctx = alerts.Context(store, terminal, member_id, req.get("card_no"), ref, "settle",
+                             plan.sid, self.rulebook.version, now)
+        self._refuse_held(hits, ctx)
+        return hits, ctx
 
     @staticmethod
     def _receipt_of(conn: Connection, stored: dict[str, Any]) -> dict[str, Any]:
